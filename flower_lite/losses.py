@@ -1,0 +1,119 @@
+"""Training objectives in log space (METHOD.md section 5).
+
+Inputs are per-token log-probabilities of the policy with masks; outputs are scalars with gradients.
+Conventions (K = max title tokens in the batch, k = ``lengths[b]``):
+
+* ``log_pi_action`` [batch, K]: log pi(a_t | s_t) of the title tokens;
+* ``log_pi_stop`` [batch, K + 1]: log pi(T | s_t) at every state (T = termination token);
+* a *path* tensor [batch, K + 1] holds a_0 .. a_{k-1}, T (``rewards.place_stop`` builds it).
+
+Every balance loss is written through one quantity: for states i < j of a trajectory,
+``residual(i, j) = A_i - A_j`` with ``A_t = log F(s_t) - sum_{m<t} log pi(a_m | s_m)``, since
+``log F(s_i) + sum_{t=i}^{j-1} log pi(a_t | s_t) - log F(s_j) = A_i - A_j``. Detailed balance uses
+consecutive supervised states, sub-trajectory balance all pairs, trajectory balance the pair (0, k).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .trie import chunk_boundaries
+
+NORMALISATIONS = ("pairs", "sequence")
+
+
+def sft_loss(log_pi_path: Tensor, mask: Tensor, weight: Tensor | None = None) -> Tensor:
+    """Cross-entropy of the ground-truth path: -mean over unmasked tokens (title and T) of log pi.
+
+    ``weight`` [batch] counts each trajectory that many times (a repeated title, or a per-sample
+    reweighting such as IFairLRS): the mean runs over weighted tokens.
+    """
+    mask = mask.to(log_pi_path.dtype)
+    if weight is not None:
+        mask = mask * weight.to(mask.dtype)[:, None]
+    return -(log_pi_path * mask).sum() / mask.sum().clamp_min(1e-12)
+
+
+def trajectory_balance_loss(log_pi_path: Tensor, mask: Tensor, log_reward: Tensor, log_z: Tensor) -> Tensor:
+    """TB: mean over trajectories of (log Z_theta + sum_t log pi(a_t | s_t) - log R(x))^2.
+
+    ``log_reward`` [batch] is log R of each trajectory's item; ``log_z`` a learned scalar
+    (give it its own, larger learning rate).
+    """
+    total = (log_pi_path * mask.to(log_pi_path.dtype)).sum(dim=1)
+    return (log_z + total - log_reward.to(total.dtype)).pow(2).mean()
+
+
+def _pairwise_balance(a: Tensor, supervised: Tensor, lam: float, consecutive: bool, normalisation: str) -> Tensor:
+    """Weighted mean of (A_i - A_j)^2 over supervised state pairs i < j of each trajectory.
+
+    ``a``, ``supervised``: [batch, S]. A pair (i, j) has weight lam ** (number of supervised states
+    strictly between i and j). ``consecutive`` keeps only pairs with none between (detailed balance).
+    ``normalisation``: ``pairs`` divides by the number of pairs in the batch (the reference: long
+    titles weigh quadratically more); ``sequence`` averages each trajectory's pairs, then trajectories.
+    """
+    if normalisation not in NORMALISATIONS:
+        raise ValueError(f"unknown normalisation {normalisation!r}: expected one of {NORMALISATIONS}")
+    if lam <= 0:
+        raise ValueError(f"lambda must be > 0, got {lam}")
+    a = torch.where(supervised, a, torch.zeros_like(a))  # keeps -inf/NaN of unused states out of the graph
+    count = torch.cumsum(supervised.long(), dim=1)
+    gap = count[:, None, :] - count[:, :, None] - 1  # [batch, i, j] supervised states strictly between
+    pairs = supervised[:, :, None] & supervised[:, None, :] & (gap >= 0)
+    if consecutive:
+        pairs &= gap == 0
+    weight = torch.where(pairs, torch.pow(torch.as_tensor(lam, dtype=a.dtype), gap.clamp_min(0).to(a.dtype)), 0.0)
+    sq = (a[:, :, None] - a[:, None, :]).pow(2) * weight
+    if normalisation == "pairs":
+        return sq.sum() / pairs.sum().clamp_min(1)
+    per_seq = sq.sum(dim=(1, 2)) / pairs.sum(dim=(1, 2)).clamp_min(1)
+    return per_seq[pairs.any(dim=(1, 2))].mean()
+
+
+def detailed_balance_loss(
+    log_pi_path: Tensor, log_r_path: Tensor, mask: Tensor, granularity: int = 1
+) -> Tensor:
+    """DB with known flows: mean over edges of (log F(s_t) + log pi(a_t | s_t) - log F(s_{t+1}))^2.
+
+    With exact flows ``log F(s_{t+1}) - log F(s_t) = log r(a_t | s_t)``, so this regresses log pi
+    onto the token reward ``log_r_path`` [batch, K + 1] (T included). With granularity n the edges
+    are chunks of n tokens (plus the last, shorter one) and the residual is the chunk's sum.
+    """
+    lengths = mask.sum(dim=1)
+    diff = torch.where(mask.bool(), log_pi_path - log_r_path, torch.zeros_like(log_pi_path))
+    a = -torch.nn.functional.pad(torch.cumsum(diff, dim=1), (1, 0))
+    supervised = chunk_boundaries(lengths, a.shape[1], granularity)
+    return _pairwise_balance(a, supervised, 1.0, consecutive=True, normalisation="pairs")
+
+
+def subtrajectory_balance_loss(
+    log_pi_action: Tensor,
+    log_pi_stop: Tensor,
+    log_stop_reward: Tensor,
+    lengths: Tensor,
+    lam: float = 1.0,
+    granularity: int = 1,
+    normalisation: str = "pairs",
+) -> Tensor:
+    """Flower's modified sub-trajectory balance (Hu et al. 2024), every state may terminate.
+
+    The implicit flow is ``log F^(s_t) = log R~(s_t) - log pi(T | s_t)`` with ``log_stop_reward``
+    [batch, K + 1] = log R~ (see ``rewards.path_rewards``). The loss averages
+    ``(log F^(s_i) + sum_{t=i}^{j-1} log pi(a_t | s_t) - log F^(s_j))^2`` over pairs of supervised
+    states 0 <= i < j <= k with weight lam ** (j - i - 1) (in chunks when granularity n > 1).
+    Zero exactly when the policy is the flow of the rewards R~ (``policy.stop_anywhere_optimum``).
+    """
+    k_max = log_pi_action.shape[1]
+    action_mask = torch.arange(k_max, device=lengths.device)[None, :] < lengths[:, None]
+    steps = torch.where(action_mask, log_pi_action, torch.zeros_like(log_pi_action))
+    prefix = torch.nn.functional.pad(torch.cumsum(steps, dim=1), (1, 0))
+    supervised = chunk_boundaries(lengths, k_max + 1, granularity)
+    flow = torch.where(supervised, log_stop_reward.to(log_pi_stop.dtype) - log_pi_stop, torch.zeros_like(log_pi_stop))
+    return _pairwise_balance(flow - prefix, supervised, lam, consecutive=False, normalisation=normalisation)
+
+
+def theta_mix(sft: Tensor, gfn: Tensor, theta: float) -> Tensor:
+    """Flower's combination L = theta * L_SFT + (1 - theta) * L_GFN (paper's lambda = (1 - theta) / theta)."""
+    if not 0.0 <= theta <= 1.0:
+        raise ValueError(f"theta must be in [0, 1], got {theta}")
+    return theta * sft + (1.0 - theta) * gfn

@@ -1,0 +1,310 @@
+"""Evaluation metrics of flower_lite (METHOD.md section 8).
+
+Pure functions on numpy arrays and Python lists; no torch, no plotting.
+
+Distribution fitting (RQ1). P is the target item distribution, Q the model's item
+distribution. Both are given as 1-D arrays of non-negative weights of the same length
+(item i at index i) and are normalised inside every function. Invalid (non-catalogue)
+outputs are pooled into one extra bucket with :func:`with_invalid_bucket`. Logs are natural.
+
+Recommendation (RQ2). ``ranked`` is a sequence of ranked lists of item ids (one list per
+test row, best first; rows may have different lengths), ``targets`` the target item id of
+every row, ``train_counts`` a 1-D array of length N with c(i), the training count of item
+i = 0..N-1. Any id outside 0..N-1 (for example -1 for "no catalogue title") is invalid.
+Duplicate titles are resolved by the caller: every function here sees item ids only.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from typing import Sequence
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+__all__ = [
+    "with_invalid_bucket", "kl_divergence", "js_divergence", "total_variation", "entropy",
+    "support_size", "coverage", "gini", "tail_share", "hit_at_k", "ndcg_at_k",
+    "group_unfairness", "word_entropy", "type_token_ratio", "invalid_count", "evaluate",
+]
+
+Ranked = Sequence[Sequence[int]]
+
+
+# ---------------------------------------------------------------- validation helpers
+
+def _weights(x: ArrayLike, name: str, allow_zero: bool = False) -> np.ndarray:
+    """Check a 1-D array of finite non-negative weights; return it as float64 (not normalised)."""
+    a = np.asarray(x, dtype=np.float64)
+    if a.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {a.shape}")
+    if a.size == 0:
+        raise ValueError(f"{name} is empty")
+    if np.isnan(a).any():
+        raise ValueError(f"{name} contains NaN")
+    if np.isinf(a).any():
+        raise ValueError(f"{name} contains inf")
+    if (a < 0).any():
+        raise ValueError(f"{name} contains negative entries")
+    if not allow_zero and a.sum() <= 0:
+        raise ValueError(f"{name} is all zero")
+    return a
+
+
+def _dist(x: ArrayLike, name: str) -> np.ndarray:
+    """Validated weights normalised to sum 1."""
+    a = _weights(x, name)
+    return a / a.sum()
+
+
+def _pair(p: ArrayLike, q: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    p, q = _dist(p, "p"), _dist(q, "q")
+    if p.shape != q.shape:
+        raise ValueError(f"length mismatch: p has {p.size} entries, q has {q.size}")
+    return p, q
+
+
+def _rows(ranked: Ranked, targets: Sequence[int] | None = None) -> list[list[int]]:
+    rows = [[int(i) for i in row] for row in ranked]
+    if not rows:
+        raise ValueError("ranked is empty")
+    if targets is not None and len(targets) != len(rows):
+        raise ValueError(f"length mismatch: {len(rows)} ranked lists, {len(targets)} targets")
+    return rows
+
+
+# ---------------------------------------------------------------- distributions (RQ1)
+
+def with_invalid_bucket(p: ArrayLike, q: ArrayLike,
+                        invalid_mass: float) -> tuple[np.ndarray, np.ndarray]:
+    """Append one pooled "invalid" bucket: P gets 0 there, Q gets ``invalid_mass``.
+
+    ``p``, ``q``: shape (N,) weights. ``invalid_mass`` is in the units of ``q`` before
+    normalisation (a count of invalid samples if ``q`` holds counts; the missing probability
+    1 - sum(q) if ``q`` holds probabilities of the valid items). Returns two (N + 1,) arrays.
+    Note KL(Q||P) is then dominated by the eps clip of P at the bucket (P is 0 there).
+    """
+    p, q = _weights(p, "p", allow_zero=True), _weights(q, "q", allow_zero=True)
+    if p.shape != q.shape:
+        raise ValueError(f"length mismatch: p has {p.size} entries, q has {q.size}")
+    m = float(invalid_mass)
+    if not math.isfinite(m) or m < 0:
+        raise ValueError(f"invalid_mass must be finite and non-negative, got {invalid_mass}")
+    return np.append(p, 0.0), np.append(q, m)
+
+
+def kl_divergence(p: ArrayLike, q: ArrayLike, eps: float = 1e-12) -> float:
+    """KL(P||Q) = sum_i p_i log(p_i / q_i), natural log, with 0 log 0 = 0.
+
+    ``p``, ``q``: shape (N,). After normalisation q is clipped below at ``eps`` so the result
+    stays finite where q_i = 0 < p_i (it is then about p_i log(p_i / eps), a large number,
+    not infinity). Swap the arguments for KL(Q||P).
+    """
+    p, q = _pair(p, q)
+    m = p > 0
+    return float(np.sum(p[m] * np.log(p[m] / np.maximum(q[m], eps))))
+
+
+def js_divergence(p: ArrayLike, q: ArrayLike) -> float:
+    """Jensen-Shannon JS(P, Q) = KL(P||M)/2 + KL(Q||M)/2 with M = (P + Q)/2, natural log.
+
+    ``p``, ``q``: shape (N,). Exact (M > 0 wherever P or Q is), symmetric, in [0, log 2];
+    floating-point rounding is clipped to that interval.
+    """
+    p, q = _pair(p, q)
+    m = 0.5 * (p + q)
+    js = 0.0
+    for a in (p, q):
+        s = a > 0
+        js += 0.5 * float(np.sum(a[s] * np.log(a[s] / m[s])))
+    return min(max(js, 0.0), math.log(2.0))
+
+
+def total_variation(p: ArrayLike, q: ArrayLike) -> float:
+    """Total variation TV(P, Q) = (1/2) sum_i |p_i - q_i|, in [0, 1]. ``p``, ``q``: shape (N,)."""
+    p, q = _pair(p, q)
+    return float(0.5 * np.abs(p - q).sum())
+
+
+def entropy(p: ArrayLike) -> float:
+    """Shannon entropy H(P) = -sum_i p_i log p_i (natural log, 0 log 0 = 0). ``p``: shape (N,)."""
+    p = _dist(p, "p")
+    p = p[p > 0]
+    return float(-(p * np.log(p)).sum())
+
+
+def support_size(q: ArrayLike, threshold: float = 0.0) -> int:
+    """Number of items whose normalised probability q_i is strictly above ``threshold``.
+
+    The distribution counterpart of :func:`coverage`. ``q``: shape (N,).
+    """
+    return int((_dist(q, "q") > threshold).sum())
+
+
+# ---------------------------------------------------------------- exposure
+
+def coverage(ranked: Ranked, num_items: int | None = None) -> int:
+    """Number of distinct item ids over all ranked lists (every position).
+
+    With ``num_items`` = N only valid ids (0..N-1) count; without it every id counts.
+    """
+    ids = {i for row in _rows(ranked) for i in row}
+    if num_items is not None:
+        ids = {i for i in ids if 0 <= i < num_items}
+    return len(ids)
+
+
+def gini(weights: ArrayLike) -> float:
+    """Gini coefficient of exposure, 0 = equal, (n-1)/n = all weight on one of n items.
+
+    Standard sorted formula: with x_(1) <= ... <= x_(n) the weights in ascending order,
+    G = sum_i (2i - n - 1) x_(i) / (n sum_i x_i), i = 1..n. ``weights``: shape (n,).
+    """
+    x = np.sort(_weights(weights, "weights"))
+    n = x.size
+    i = np.arange(1, n + 1)
+    return float(np.sum((2 * i - n - 1) * x) / (n * x.sum()))
+
+
+def tail_share(weights: ArrayLike, counts: ArrayLike, head_fraction: float = 0.2) -> float:
+    """Share of ``weights`` on tail items: those outside the ``round(head_fraction * n)`` items
+    with the largest ``counts`` (ties broken by smaller item id first).
+
+    ``weights`` (e.g. recommendation exposure) and ``counts`` (e.g. training counts c(i)):
+    shape (n,). Returns a value in [0, 1].
+    """
+    w = _weights(weights, "weights")
+    c = _weights(counts, "counts", allow_zero=True)
+    if w.shape != c.shape:
+        raise ValueError(f"length mismatch: weights has {w.size} entries, counts has {c.size}")
+    if not 0.0 <= head_fraction <= 1.0:
+        raise ValueError(f"head_fraction must be in [0, 1], got {head_fraction}")
+    head = np.argsort(-c, kind="stable")[: int(round(head_fraction * c.size))]
+    return float(1.0 - w[head].sum() / w.sum())
+
+
+# ---------------------------------------------------------------- next-item recommendation (RQ2)
+
+def _target_ranks(ranked: Ranked, targets: Sequence[int], k: int) -> np.ndarray:
+    """0-based rank r of each target in its list (first occurrence); np.inf when absent."""
+    if int(k) < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    rows = _rows(ranked, targets)
+    return np.array([row.index(int(t)) if int(t) in row else np.inf
+                     for row, t in zip(rows, targets)])
+
+
+def hit_at_k(ranked: Ranked, targets: Sequence[int], k: int) -> float:
+    """HR@K = mean over rows of 1[r < K]; r is the 0-based rank of the target (absent = miss).
+
+    A list shorter than K is scored on the positions it has.
+    """
+    return float(np.mean(_target_ranks(ranked, targets, k) < k))
+
+
+def ndcg_at_k(ranked: Ranked, targets: Sequence[int], k: int) -> float:
+    """NDCG@K = mean over rows of 1[r < K] / log2(r + 2) (one relevant item per row)."""
+    r = _target_ranks(ranked, targets, k)
+    hit = r < k
+    return float(np.sum(1.0 / np.log2(r[hit] + 2)) / r.size)
+
+
+def group_unfairness(ranked: Ranked, train_counts: ArrayLike, n_groups: int = 8) -> dict:
+    """Popularity-group unfairness (IFairLRS): DGU and MGU.
+
+    Items with c(i) > 0 are sorted by c(i) descending (ties: smaller id first) and cut into
+    ``n_groups`` groups with ``numpy.array_split`` sizes (the first groups take the remainder).
+    GP_data(g) = sum_{i in g} c(i) / sum_i c(i); GP_rec(g) = share of recommended slots (every
+    position of every list) that fall in g, among the slots whose item is in some group
+    (invalid ids and items with c(i) = 0 are left out). GU(g) = GP_rec(g) - GP_data(g),
+    MGU = mean_g |GU(g)|, DGU = max_g GU(g) - min_g GU(g). If no slot falls in a group,
+    GP_rec, GU, MGU and DGU are NaN.
+
+    Returns {"dgu": float, "mgu": float, "gp_data", "gp_rec", "gu": arrays of shape (n_groups,)}.
+    """
+    c = _weights(train_counts, "train_counts")
+    items = np.flatnonzero(c > 0)
+    if not 1 <= n_groups <= items.size:
+        raise ValueError(f"n_groups must be in 1..{items.size} (items with a positive count), "
+                         f"got {n_groups}")
+    order = items[np.argsort(-c[items], kind="stable")]
+    group_of = np.full(c.size, -1)
+    for g, members in enumerate(np.array_split(order, n_groups)):
+        group_of[members] = g
+    gp_data = np.bincount(group_of[order], weights=c[order], minlength=n_groups) / c.sum()
+    slots = np.array([i for row in _rows(ranked) for i in row], dtype=np.int64)
+    slots = slots[(slots >= 0) & (slots < c.size)]
+    g_slots = group_of[slots]
+    g_slots = g_slots[g_slots >= 0]
+    if g_slots.size:
+        gp_rec = np.bincount(g_slots, minlength=n_groups) / g_slots.size
+    else:
+        gp_rec = np.full(n_groups, np.nan)
+    gu = gp_rec - gp_data
+    return {"dgu": float(gu.max() - gu.min()), "mgu": float(np.abs(gu).mean()),
+            "gp_data": gp_data, "gp_rec": gp_rec, "gu": gu}
+
+
+def _words(titles: Sequence[str]) -> list[str]:
+    words = [w for t in titles for w in str(t).split()]
+    if not words:
+        raise ValueError("titles contain no words")
+    return words
+
+
+def word_entropy(titles: Sequence[str], base: float = 2.0) -> float:
+    """Entropy -sum_w f_w log f_w of the word frequencies f_w over all recommended titles.
+
+    ``titles``: one string per recommended slot (repeats count). Words are whitespace-split,
+    case-sensitive. Log base 2 (bits) by default, as the reference reports it.
+    """
+    n = np.array(list(Counter(_words(titles)).values()), dtype=np.float64)
+    f = n / n.sum()
+    return float(-(f * np.log(f)).sum() / math.log(base))
+
+
+def type_token_ratio(titles: Sequence[str]) -> float:
+    """TTR = number of distinct words / number of words over all recommended titles."""
+    words = _words(titles)
+    return len(set(words)) / len(words)
+
+
+def invalid_count(ranked: Ranked, num_items: int) -> int:
+    """Number of recommended slots whose id is not a catalogue item (outside 0..N-1, e.g. -1)."""
+    return sum(1 for row in _rows(ranked) for i in row if not 0 <= i < num_items)
+
+
+def evaluate(ranked: Ranked, targets: Sequence[int], train_counts: ArrayLike,
+             titles: Sequence[str] | None = None,
+             ks: Sequence[int] = (1, 3, 5, 10, 20), n_groups: int = 8) -> dict[str, float]:
+    """All section-8 recommendation metrics in one dict.
+
+    Keys: ``hit@K`` and ``ndcg@K`` for K in ``ks`` (a K beyond a list's length uses the
+    positions the list has); ``dgu``, ``mgu`` (``n_groups`` groups); ``coverage`` (distinct
+    valid ids); ``gini`` and ``tail_share`` (head = top 20% of all N items by c(i)) of the
+    exposure vector (slots per item i = 0..N-1; NaN if no slot is valid); ``word_entropy``
+    (bits) and ``ttr`` of the titles of the valid recommended slots (``titles``: catalogue
+    titles indexed by item id; NaN when ``titles`` is None or there is no word); ``invalid``.
+    N = len(train_counts).
+    """
+    c = _weights(train_counts, "train_counts")
+    n = c.size
+    rows = _rows(ranked, targets)
+    out: dict[str, float] = {}
+    for k in ks:
+        out[f"hit@{k}"] = hit_at_k(rows, targets, k)
+        out[f"ndcg@{k}"] = ndcg_at_k(rows, targets, k)
+    gu = group_unfairness(rows, c, n_groups)
+    out["dgu"], out["mgu"] = gu["dgu"], gu["mgu"]
+    valid = [i for row in rows for i in row if 0 <= i < n]
+    out["coverage"] = len(set(valid))
+    exposure = np.bincount(np.array(valid, dtype=np.int64), minlength=n).astype(np.float64)
+    out["gini"] = gini(exposure) if valid else math.nan
+    out["tail_share"] = tail_share(exposure, c) if valid else math.nan
+    rec_titles = [titles[i] for i in valid] if titles is not None else []
+    has_words = any(str(t).split() for t in rec_titles)
+    out["word_entropy"] = word_entropy(rec_titles) if has_words else math.nan
+    out["ttr"] = type_token_ratio(rec_titles) if has_words else math.nan
+    out["invalid"] = invalid_count(rows, n)
+    return out
