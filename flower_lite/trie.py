@@ -304,8 +304,10 @@ class Trie:
         -inf where a token leaves the trie; 0 at masked-out positions.
         """
         mask = torch.ones_like(tokens, dtype=torch.bool) if mask is None else mask.bool()
-        log_f = self.log_flows_at(self.walk(tokens, mask))
-        return torch.where(mask, log_f[:, 1:] - log_f[:, :-1], torch.zeros_like(log_f[:, 1:]))
+        nodes = self.walk(tokens, mask)
+        log_f = self.log_flows_at(nodes)
+        step = torch.where(nodes[:, 1:] >= 0, log_f[:, 1:] - log_f[:, :-1], torch.full_like(log_f[:, 1:], -math.inf))
+        return torch.where(mask, step, torch.zeros_like(step))
 
     def batch_log_flows(self, log_rewards: Tensor, nodes: Tensor) -> Tensor:
         """Per-user flows: ``log F_u(s)`` for rewards ``log R_u`` [batch, num_items] at nodes [batch, S].

@@ -1,0 +1,197 @@
+"""Every loss: zero at the exact optimum, positive after a perturbation, vectorised == naive loop, gradients."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from flower_lite import losses
+from flower_lite.rewards import path_rewards, place_stop
+from flower_lite.tabular import flow_optimum, stop_anywhere_optimum
+from flower_lite.trie import Trie
+
+EOS = 0
+SEQS = [[1, 2], [1, 2, 3], [1, 4], [5], [1, 2], [1, 2, 3, 6, 7], [5, 5, 5]]
+WEIGHTS = [1.0, 2.0, 3.0, 4.0, 5.0, 0.5, 0.25]
+
+
+def batch(seqs):
+    width = max(len(s) for s in seqs)
+    tokens = torch.tensor([s + [0] * (width - len(s)) for s in seqs])
+    return tokens, torch.tensor([len(s) for s in seqs])
+
+
+@pytest.fixture
+def trie():
+    return Trie.from_sequences(SEQS, WEIGHTS, eos_id=EOS)
+
+
+def complete_batch():
+    return batch([[1, 2], [1, 2, 3, 6, 7], [5], [1, 4], [5, 5, 5]])
+
+
+def test_sft_tb_db_zero_at_flow_optimum_and_positive_after_perturbation(trie):
+    tokens, lengths = complete_batch()
+    rewards = path_rewards(trie, tokens, lengths)
+    log_r = rewards.log_stop_reward.gather(1, lengths[:, None])[:, 0] + trie.log_z  # log R(title)
+    policy = flow_optimum(trie)
+
+    def all_losses():
+        path, mask = place_stop(*policy.path_log_probs(tokens, lengths), lengths)
+        return {
+            "tb": losses.trajectory_balance_loss(path, mask, log_r, torch.tensor(trie.log_z, dtype=torch.float64)),
+            "db": losses.detailed_balance_loss(path, rewards.log_r_path, mask),
+            "db_n2": losses.detailed_balance_loss(path, rewards.log_r_path, mask, granularity=2),
+        }
+
+    for name, value in all_losses().items():
+        assert value.item() == pytest.approx(0.0, abs=1e-20), name
+    with torch.no_grad():
+        policy.edge_logit[trie.node_of([1, 2, 3])] += 0.5
+    for name, value in all_losses().items():
+        assert value.item() > 1e-4, name
+
+
+def test_sft_is_cross_entropy_and_minimised_by_the_target():
+    # two complete titles with P = (0.25, 0.75): SFT on the target's expected counts is minimised at pi = P
+    trie = Trie.from_sequences([[1], [2]], [1.0, 3.0], eos_id=EOS)
+    tokens, lengths = batch([[1], [2]])
+    weight = torch.tensor([1.0, 3.0])
+    policy = flow_optimum(trie)
+    path, mask = place_stop(*policy.path_log_probs(tokens, lengths), lengths)
+    got = losses.sft_loss(path, mask, weight)
+    # tokens: (a, T) per title; log pi(T | title) = 0, so the loss is the entropy / 2 tokens
+    entropy = -(0.25 * math.log(0.25) + 0.75 * math.log(0.75))
+    assert got.item() == pytest.approx(entropy / 2)
+    with torch.no_grad():
+        policy.edge_logit[trie.node_of([1])] += 0.3
+    path, mask = place_stop(*policy.path_log_probs(tokens, lengths), lengths)
+    assert losses.sft_loss(path, mask, weight).item() > got.item() + 1e-4
+
+
+@pytest.mark.parametrize("granularity", [1, 2, 100])
+@pytest.mark.parametrize("normalisation", ["pairs", "sequence"])
+def test_subtb_zero_at_stop_anywhere_optimum(trie, granularity, normalisation):
+    tokens, lengths = batch([[1, 2], [1, 2, 3, 6, 7], [5], [1], [1, 2, 3, 6]])  # includes early stops
+    rewards = path_rewards(trie, tokens, lengths, penalty=-15.0)
+    policy = stop_anywhere_optimum(trie, penalty=-15.0)
+
+    def loss():
+        action, stop = policy.path_log_probs(tokens, lengths)
+        return losses.subtrajectory_balance_loss(
+            action, stop, rewards.log_stop_reward, lengths, lam=0.7, granularity=granularity, normalisation=normalisation
+        )
+
+    assert loss().item() == pytest.approx(0.0, abs=1e-20)
+    with torch.no_grad():
+        policy.stop_logit[trie.node_of([1])] += 1.0  # [1] is not a title: an early stop
+    assert loss().item() > 1e-6
+    # the optimum samples titles exactly in proportion to R, up to O(exp(penalty)) invalid mass
+    q, invalid = stop_anywhere_optimum(trie).title_distribution()
+    assert 0 < invalid < 1e-5
+    torch.testing.assert_close(q / q.sum(), trie.title_log_probs().exp())
+
+
+def naive_subtb(action, stop, log_r, lengths, lam, n, normalisation):
+    """Direct transcription of METHOD.md: sum over pairs i<j of supervised states of lam^(gap) (sum delta)^2."""
+    total, count, per_seq = 0.0, 0, []
+    for b in range(action.shape[0]):
+        k = int(lengths[b])
+        states = [t for t in range(k + 1) if t % n == 0 or t == k]
+        delta = [
+            log_r[b, t] + action[b, t] + stop[b, t + 1] - log_r[b, t + 1] - stop[b, t] for t in range(k)
+        ]
+        seq_total, seq_count = 0.0, 0
+        for x, i in enumerate(states):
+            for y in range(x + 1, len(states)):
+                j = states[y]
+                residual = sum(delta[i:j])
+                seq_total += lam ** (y - x - 1) * residual**2
+                seq_count += 1
+        total, count = total + seq_total, count + seq_count
+        if seq_count:
+            per_seq.append(seq_total / seq_count)
+    return total / count if normalisation == "pairs" else sum(per_seq) / len(per_seq)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.integers(1, 6), st.integers(1, 7), st.floats(0.1, 1.0), st.integers(1, 4),
+    st.sampled_from(["pairs", "sequence"]), st.integers(0, 1000),
+)
+def test_vectorised_subtb_equals_naive_double_loop(batch_size, k_max, lam, n, normalisation, seed):
+    g = torch.Generator().manual_seed(seed)
+    action = torch.randn(batch_size, k_max, generator=g, dtype=torch.float64)
+    stop = torch.randn(batch_size, k_max + 1, generator=g, dtype=torch.float64)
+    log_r = torch.randn(batch_size, k_max + 1, generator=g, dtype=torch.float64)
+    lengths = torch.randint(1, k_max + 1, (batch_size,), generator=g)
+    got = losses.subtrajectory_balance_loss(action, stop, log_r, lengths, lam, n, normalisation)
+    want = naive_subtb(action, stop, log_r, lengths, lam, n, normalisation)
+    assert got.item() == pytest.approx(float(want), rel=1e-10, abs=1e-12)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 5), st.integers(1, 6), st.integers(1, 3), st.integers(0, 1000))
+def test_vectorised_db_equals_naive_loop(batch_size, k_max, n, seed):
+    g = torch.Generator().manual_seed(seed)
+    log_pi = torch.randn(batch_size, k_max + 1, generator=g, dtype=torch.float64)
+    log_r = torch.randn(batch_size, k_max + 1, generator=g, dtype=torch.float64)
+    lengths = torch.randint(1, k_max + 2, (batch_size,), generator=g)
+    mask = torch.arange(k_max + 1)[None, :] < lengths[:, None]
+    residuals = []
+    for b in range(batch_size):
+        k = int(lengths[b])
+        cuts = [t for t in range(k + 1) if t % n == 0 or t == k]
+        residuals += [float((log_pi[b, i:j] - log_r[b, i:j]).sum()) ** 2 for i, j in zip(cuts, cuts[1:])]
+    got = losses.detailed_balance_loss(log_pi, log_r, mask, granularity=n)
+    assert got.item() == pytest.approx(float(np.mean(residuals)), rel=1e-10, abs=1e-12)
+
+
+def test_lambda_weights_long_pairs_down():
+    action = torch.zeros(1, 3, dtype=torch.float64)
+    stop = torch.zeros(1, 4, dtype=torch.float64)
+    log_r = torch.tensor([[0.0, 0.0, 0.0, 1.0]], dtype=torch.float64)  # only state 3 is off
+    lengths = torch.tensor([3])
+    # pairs touching state 3: (2,3) w=1, (1,3) w=lam, (0,3) w=lam^2, residual 1 each; 6 pairs in all
+    for lam in (1.0, 0.5):
+        got = losses.subtrajectory_balance_loss(action, stop, log_r, lengths, lam=lam)
+        assert got.item() == pytest.approx((1 + lam + lam**2) / 6)
+
+
+def test_gradients_flow_to_policy_and_log_z(trie):
+    tokens, lengths = complete_batch()
+    rewards = path_rewards(trie, tokens, lengths)
+    policy = flow_optimum(trie)
+    with torch.no_grad():
+        policy.edge_logit.add_(0.1 * torch.randn(trie.num_nodes, dtype=torch.float64))
+    log_z = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    path, mask = place_stop(*policy.path_log_probs(tokens, lengths), lengths)
+    log_r = rewards.log_stop_reward.gather(1, lengths[:, None])[:, 0]
+    total = (
+        losses.sft_loss(path, mask)
+        + losses.trajectory_balance_loss(path, mask, log_r, log_z)
+        + losses.detailed_balance_loss(path, rewards.log_r_path, mask)
+    )
+    total.backward()
+    assert log_z.grad is not None and log_z.grad.abs() > 0
+    assert torch.isfinite(policy.edge_logit.grad).all() and policy.edge_logit.grad.abs().sum() > 0
+
+
+def test_subtb_gradients_are_finite_with_early_stops(trie):
+    tokens, lengths = batch([[1, 2], [1], [5, 5]])
+    rewards = path_rewards(trie, tokens, lengths)
+    policy = stop_anywhere_optimum(trie)
+    action, stop = policy.path_log_probs(tokens, lengths)
+    losses.subtrajectory_balance_loss(action, stop + 0.1, rewards.log_stop_reward, lengths).backward()
+    assert torch.isfinite(policy.edge_logit.grad).all() and torch.isfinite(policy.stop_logit.grad).all()
+    assert policy.stop_logit.grad.abs().sum() > 0
+
+
+def test_theta_mix_and_errors():
+    assert losses.theta_mix(torch.tensor(2.0), torch.tensor(10.0), 0.995).item() == pytest.approx(0.995 * 2 + 0.005 * 10)
+    with pytest.raises(ValueError, match="theta"):
+        losses.theta_mix(torch.tensor(1.0), torch.tensor(1.0), 1.5)
+    with pytest.raises(ValueError, match="normalisation"):
+        losses.subtrajectory_balance_loss(torch.zeros(1, 1), torch.zeros(1, 2), torch.zeros(1, 2), torch.tensor([1]), normalisation="x")
