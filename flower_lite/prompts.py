@@ -1,0 +1,173 @@
+"""Prompts, left-padded prompt batches and teacher-forced log-probabilities log pi(a | s).
+
+The state s_t of METHOD.md section 2 is "prompt + the first t title tokens"; the root s_0 is the
+prompt alone. Batches of prompts are padded on the LEFT with an attention mask and position ids
+that count only real tokens, so a prompt gets the same log-probs alone and inside a batch
+(METHOD.md section 9, item 1: the reference right-padded with EOS and no mask).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+
+RESPONSE_HEADER = "### Response:\n"
+
+
+def build_prompt(instruction: str, history: Sequence[str] | None = None, category: str = "item") -> str:
+    """The BIGRec/D3-style prompt; the answer (a title, then T) follows ``### Response:\\n``.
+
+    With a history (RQ2)::
+
+        ### Instruction:
+        {instruction}
+
+        ### Input:
+        The user has enjoyed the following {category} before: "t1", "t2", "t3"
+
+        ### Response:
+
+    Titles are wrapped in double quotes and joined by ``", "``, so commas inside titles stay
+    unambiguous. With ``history`` None or empty (RQ1's fixed prompt) the Input block is left out.
+    ``category`` is used verbatim (pass the plural, e.g. ``"movies"``).
+    """
+    parts = [f"### Instruction:\n{instruction}\n\n"]
+    if history:
+        titles = ", ".join(f'"{t}"' for t in history)
+        parts.append(f"### Input:\nThe user has enjoyed the following {category} before: {titles}\n\n")
+    return "".join(parts) + RESPONSE_HEADER
+
+
+def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Left-pad token lists into ``input_ids``, ``attention_mask``, ``position_ids``, each [B, L].
+
+    position_ids = cumsum(attention_mask) - 1, clamped at 0: real tokens are numbered 0, 1, ...
+    whatever the padding, so RoPE sees the same positions as for the prompt alone.
+    """
+    if any(len(r) == 0 for r in rows):
+        raise ValueError("every prompt needs at least one token (the root state's logits come from it)")
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for b, r in enumerate(rows):
+        ids[b, width - len(r):] = torch.as_tensor(list(r), dtype=torch.long)
+        mask[b, width - len(r):] = 1
+    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+    return {"input_ids": ids, "attention_mask": mask, "position_ids": position_ids}
+
+
+def encode_prompts(tokenizer, prompts: Sequence[str], add_special_tokens: bool = True) -> dict[str, torch.Tensor]:
+    """Tokenize each prompt on its own, then left-pad: ``input_ids``, ``attention_mask``,
+    ``position_ids``, each [B, L] (see :func:`left_pad`). Independent of ``tokenizer.padding_side``.
+    """
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    rows = [tokenizer(p, add_special_tokens=add_special_tokens)["input_ids"] for p in prompts]
+    return left_pad(rows, pad_id)
+
+
+def pad_continuations(
+    continuations: Sequence[Sequence[int]], device: torch.device | str | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad ragged token lists: ``continuation_ids`` [B, T] (0 where padded), ``mask`` [B, T] bool."""
+    width = max((len(c) for c in continuations), default=0)
+    ids = torch.zeros((len(continuations), width), dtype=torch.long)
+    mask = torch.zeros((len(continuations), width), dtype=torch.bool)
+    for b, c in enumerate(continuations):
+        ids[b, : len(c)] = torch.as_tensor(list(c), dtype=torch.long)
+        mask[b, : len(c)] = True
+    return ids.to(device), mask.to(device)
+
+
+def teacher_forced_log_probs(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    position_ids: torch.Tensor,
+    continuation_ids: torch.Tensor,
+    continuation_mask: torch.Tensor,
+    extra_token_id: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One forward pass over prompt + continuation; per-token log pi under teacher forcing.
+
+    Args:
+        input_ids, attention_mask, position_ids: left-padded prompts, [B, L] (:func:`encode_prompts`).
+        continuation_ids: [B, T] tokens a_0 .. a_{T-1}, right-padded; continuation_mask: [B, T].
+        extra_token_id: a token whose log-prob is wanted at every state, typically the
+            termination token T (EOS).
+
+    Returns:
+        log_pi_action: [B, T], log pi(a_t | s_t) with s_t = prompt + a_<t; 0 where masked.
+        log_pi_extra: [B, T + 1], log pi(extra | s_t) for t = 0 .. T (s_0 = prompt alone);
+            0 for states past the continuation's end; None if ``extra_token_id`` is None.
+
+    Log-softmax is over the full vocabulary, in float32. Only the T + 1 positions that predict
+    continuation tokens go through the LM head (``logits_to_keep``). Gradients flow if enabled.
+    """
+    cont_mask = continuation_mask.to(device=input_ids.device, dtype=torch.bool)
+    cont_ids = continuation_ids.to(input_ids.device).masked_fill(~cont_mask, 0)
+    steps = cont_ids.shape[1]
+    ids = torch.cat([input_ids, cont_ids], dim=1)
+    mask = torch.cat([attention_mask, cont_mask.to(attention_mask.dtype)], dim=1)
+    offsets = torch.arange(1, steps + 1, device=input_ids.device)
+    positions = torch.cat([position_ids, position_ids[:, -1:] + offsets], dim=1)
+    logits = model(
+        input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False, logits_to_keep=steps + 1
+    ).logits.float()  # [B, T + 1, V]: row t is the distribution at state s_t
+    log_z = logits.logsumexp(-1)  # [B, T + 1]
+    log_pi_action = logits[:, :steps].gather(-1, cont_ids.unsqueeze(-1)).squeeze(-1) - log_z[:, :steps]
+    log_pi_action = log_pi_action.masked_fill(~cont_mask, 0.0)
+    if extra_token_id is None:
+        return log_pi_action, None
+    state_valid = torch.cat([torch.ones_like(cont_mask[:, :1]), cont_mask], dim=1)  # s_0 always exists
+    log_pi_extra = (logits[..., extra_token_id] - log_z).masked_fill(~state_valid, 0.0)
+    return log_pi_action, log_pi_extra
+
+
+def sequence_log_probs(
+    model: torch.nn.Module, prompt_batch: Mapping[str, torch.Tensor], continuations: Sequence[Sequence[int]]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """log pi(a_t | prompt, a_<t) for ragged continuations: ``(log_pi [B, T], mask [B, T])``.
+
+    ``prompt_batch`` is the output of :func:`encode_prompts`; rows pair prompts with continuations.
+    Sum over t (``log_pi.sum(-1)``) for the log-probability of a whole title.
+    """
+    device = prompt_batch["input_ids"].device
+    cont_ids, cont_mask = pad_continuations(continuations, device=device)
+    log_pi, _ = teacher_forced_log_probs(
+        model,
+        prompt_batch["input_ids"],
+        prompt_batch["attention_mask"],
+        prompt_batch["position_ids"],
+        cont_ids,
+        cont_mask,
+    )
+    return log_pi, cont_mask
+
+
+MAX_TITLE_TOKENS = 64  # METHOD.md section 6: at most 64 new tokens are decoded
+
+
+def encode_titles(tokenizer, titles: Sequence[str], max_tokens: int = MAX_TITLE_TOKENS) -> list[list[int]]:
+    """The one tokenization of every title (no special tokens), shared by SFT targets, trajectories,
+    rewards and constrained decoding (METHOD.md section 2). T is appended by the trie, never merged.
+
+    Raises ``ValueError`` naming the title for an empty title or one longer than ``max_tokens``
+    tokens (the termination token needs one more decoding step).
+    """
+    out = []
+    for i, title in enumerate(titles):
+        if not title or not title.strip():
+            raise ValueError(f"title of item {i} is empty")
+        ids = tokenizer.encode(title, add_special_tokens=False)
+        if len(ids) + 1 > max_tokens:
+            raise ValueError(f"title of item {i} ({title[:40]!r}...) has {len(ids)} tokens; the limit is {max_tokens - 1} plus T")
+        out.append(list(ids))
+    return out
+
+
+def title_trie(tokenizer, titles: Sequence[str], weights: Sequence[float], max_tokens: int = MAX_TITLE_TOKENS):
+    """The trie of ``encode_titles(tokenizer, titles)`` with T = the tokenizer's EOS and rewards ``weights``."""
+    from .trie import Trie
+
+    return Trie.from_sequences(encode_titles(tokenizer, titles, max_tokens), weights, tokenizer.eos_token_id)
