@@ -1,0 +1,139 @@
+"""The fine-tuning loop: objectives on a causal LM, exact resume, atomic checkpoints, early stopping."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from flower_lite.data import load_default_catalog
+from flower_lite.models import make_tiny_model, random_qwen2_5_0_5b
+from flower_lite.prompts import build_prompt, title_trie
+from flower_lite.rewards import log_popularity
+from flower_lite.rollout import item_trajectories, sample_on_policy
+from flower_lite.train import FitData, Trainer, TrainConfig, fit, load_checkpoint_file
+
+PROMPT = build_prompt("Recommend a movie.")
+
+
+@pytest.fixture(scope="module")
+def setup():
+    catalog = load_default_catalog()
+    titles = catalog.titles[:40]
+    counts = catalog.counts()[:40].astype(float)
+    _, tok = make_tiny_model(titles + [PROMPT])
+    trie = title_trie(tok, titles, counts)
+    items = np.random.default_rng(0).choice(40, size=64, p=counts / counts.sum())
+    return titles, tok, trie, FitData([PROMPT] * 64, items), counts
+
+
+def fresh_model(titles):
+    return make_tiny_model(titles + [PROMPT])[0]
+
+
+def config(**kw):
+    base = dict(method="flower", theta=0.5, trajectories="mixed", offline_threshold=1e9, max_steps=6, eval_every=2,
+                save_every=100, lr=3e-3, warmup_steps=2, batch_size=8, grad_accum=2)
+    return TrainConfig(**{**base, **kw})
+
+
+def test_resume_equals_uninterrupted_training(setup, tmp_path):
+    titles, tok, trie, data, _ = setup
+    whole = fit(fresh_model(titles), tok, trie, config(), data, output_dir=tmp_path / "a", progress=False)
+    Trainer(fresh_model(titles), tok, trie, config(), data, output_dir=tmp_path / "b", progress=False).run(stop_at=3)
+    assert load_checkpoint_file(tmp_path / "b" / "checkpoint.pt")["loop"]["step"] == 3
+    resumed = fit(fresh_model(titles), tok, trie, config(), data, output_dir=tmp_path / "b", progress=False)
+    for (name, p), (_, q) in zip(whole.model.named_parameters(), resumed.model.named_parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-6, msg=name)
+    logged = [json.loads(x) for x in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged] == [0, 2, 4, 6]  # the interrupted run's lines are not duplicated
+    assert [r["loss"] for r in logged[1:]] == pytest.approx([r["loss"] for r in whole.history[1:]], abs=1e-6)
+    assert not list((tmp_path / "b").glob("*.tmp"))
+    assert (tmp_path / "b" / "final" / "config.json").exists()
+
+
+def test_training_lowers_the_loss_for_every_method(setup):
+    titles, tok, trie, data, _ = setup
+    for method, trajectories in [("sft", "offline"), ("flower", "offline"), ("gfn", "on_policy")]:
+        cfg = config(method=method, trajectories=trajectories, max_steps=12, eval_every=12, lr=1e-2, warmup_steps=0, schedule="constant")
+        result = fit(fresh_model(titles), tok, trie, cfg, data, valid=data, progress=False)
+        first, last = result.history[0]["valid_loss"], result.history[-1]["valid_loss"]
+        assert last < 0.9 * first, (method, first, last)
+
+
+def test_tb_learns_log_z_and_db_runs(setup):
+    titles, tok, trie, data, _ = setup
+    result = fit(fresh_model(titles), tok, trie, config(method="gfn", loss="tb", trajectories="offline", log_z_lr=0.5), data, progress=False)
+    assert all(np.isfinite(r["loss"]) for r in result.history[1:])
+    db = fit(fresh_model(titles), tok, trie, config(method="gfn", loss="db", trajectories="offline", granularity=2), data, progress=False)
+    assert db.history[-1]["loss"] < db.history[1]["loss"]
+
+
+def test_per_user_rewards_reach_the_loss(setup):
+    titles, tok, trie, data, counts = setup
+    trainer = Trainer(fresh_model(titles), tok, trie, config(method="gfn", trajectories="offline"), data, progress=False)
+    rows = np.arange(8)
+    plain, _ = trainer.loss(data, rows)
+    pop = log_popularity(counts)
+    trainer.log_rewards_fn = lambda keys: pop.expand(len(keys), -1)  # the same rewards, per user
+    same, _ = trainer.loss(data, rows)
+    assert same.item() == pytest.approx(plain.item(), rel=1e-5)
+    trainer.log_rewards_fn = lambda keys: (pop + torch.linspace(0, 3, len(pop))).expand(len(keys), -1)
+    assert abs(trainer.loss(data, rows)[0].item() - plain.item()) > 1e-3
+
+
+def test_early_stopping_selects_on_validation(setup, tmp_path):
+    titles, tok, trie, data, _ = setup
+    cfg = config(method="sft", trajectories="offline", lr=0.5, warmup_steps=0, schedule="constant", patience=2, max_steps=40, eval_every=1)
+    result = fit(fresh_model(titles), tok, trie, cfg, data, valid=data, output_dir=tmp_path, progress=False)
+    assert result.stopped_early and result.history[-1]["step"] < 40
+    valid = [r["valid_loss"] for r in result.history]
+    assert result.best_step == result.history[int(np.argmin(valid))]["step"]
+    assert (tmp_path / "best.pt").exists()
+
+
+def test_corrupt_and_mismatched_checkpoints_are_named(setup, tmp_path):
+    titles, tok, trie, data, _ = setup
+    (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="corrupt checkpoint"):
+        fit(fresh_model(titles), tok, trie, config(), data, output_dir=tmp_path, progress=False)
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        load_checkpoint_file(tmp_path / "missing.pt")
+    good = tmp_path / "good"
+    Trainer(fresh_model(titles), tok, trie, config(), data, output_dir=good, progress=False).run(stop_at=1)
+    with pytest.raises(ValueError, match="other settings.*lr"):
+        fit(fresh_model(titles), tok, trie, config(lr=1e-4), data, output_dir=good, progress=False)
+
+
+def test_sampled_trajectories_stay_on_the_trie(setup):
+    titles, tok, trie, _, _ = setup
+    model = fresh_model(titles)
+    from flower_lite.prompts import encode_prompts
+
+    prompts = encode_prompts(tok, [PROMPT] * 32)
+    traj = sample_on_policy(model, prompts, trie, temperature=2.0, generator=torch.Generator().manual_seed(0))
+    nodes = trie.walk(traj.tokens, traj.mask)
+    ends = nodes.gather(1, traj.lengths[:, None])[:, 0]
+    assert (ends >= 0).all() and (trie.stop_child(ends) >= 0).all()  # every sample is a complete title
+    back = item_trajectories(trie, torch.arange(len(titles)))
+    assert back.tokens.shape[0] == len(titles)
+
+
+def test_bad_settings_are_named():
+    with pytest.raises(ValueError, match="unknown method"):
+        TrainConfig(method="ppo")
+    with pytest.raises(ValueError, match="grad_accum"):
+        TrainConfig(batch_size=6, grad_accum=4)
+    with pytest.raises(ValueError, match="prompts"):
+        FitData([], np.array([], dtype=int))
+
+
+@pytest.mark.slow
+def test_one_sft_and_one_flower_step_on_the_qwen2_5_0_5b_architecture(setup):
+    titles, tok, trie, data, _ = setup
+    model = random_qwen2_5_0_5b()  # random weights from the real config (494M parameters)
+    before = model.model.embed_tokens.weight[:50].clone()
+    for method in ("sft", "flower"):
+        cfg = TrainConfig(method=method, theta=0.995, max_steps=1, eval_every=1, batch_size=2, warmup_steps=0, lr=1e-4)
+        result = fit(model, tok, trie, cfg, data, progress=False)
+        assert np.isfinite(result.history[-1]["loss"])
+    assert not torch.equal(before, model.model.embed_tokens.weight[:50])
