@@ -26,7 +26,8 @@ from numpy.typing import ArrayLike
 __all__ = [
     "with_invalid_bucket", "kl_divergence", "js_divergence", "total_variation", "entropy",
     "support_size", "coverage", "gini", "tail_share", "hit_at_k", "ndcg_at_k",
-    "group_unfairness", "word_entropy", "type_token_ratio", "invalid_count", "evaluate",
+    "group_unfairness", "popularity_group_ids", "word_entropy", "type_token_ratio",
+    "invalid_count", "evaluate",
 ]
 
 Ranked = Sequence[Sequence[int]]
@@ -224,13 +225,10 @@ def group_unfairness(ranked: Ranked, train_counts: ArrayLike, n_groups: int = 8)
     Returns {"dgu": float, "mgu": float, "gp_data", "gp_rec", "gu": arrays of shape (n_groups,)}.
     """
     c = _weights(train_counts, "train_counts")
-    items = np.flatnonzero(c > 0)
-    if not 1 <= n_groups <= items.size:
-        raise ValueError(f"n_groups must be in 1..{items.size} (items with a positive count), "
-                         f"got {n_groups}")
-    order = items[np.argsort(-c[items], kind="stable")]
+    groups = popularity_group_ids(c, n_groups)
+    order = np.concatenate(groups)
     group_of = np.full(c.size, -1)
-    for g, members in enumerate(np.array_split(order, n_groups)):
+    for g, members in enumerate(groups):
         group_of[members] = g
     gp_data = np.bincount(group_of[order], weights=c[order], minlength=n_groups) / c.sum()
     slots = np.array([i for row in _rows(ranked) for i in row], dtype=np.int64)
@@ -308,3 +306,20 @@ def evaluate(ranked: Ranked, targets: Sequence[int], train_counts: ArrayLike,
     out["ttr"] = type_token_ratio(rec_titles) if has_words else math.nan
     out["invalid"] = invalid_count(rows, n)
     return out
+
+
+def popularity_group_ids(counts: ArrayLike, n_groups: int = 8) -> list[np.ndarray]:
+    """The IFairLRS popularity groups: ``n_groups`` int64 arrays of item ids, most popular first.
+
+    Items with c(i) > 0 (``counts``: shape (N,), c(i) at index i) are sorted by c(i)
+    descending, ties by smaller id first, and cut with ``numpy.array_split`` (the first
+    ``n_pos % n_groups`` groups get one extra item). Items with c(i) = 0 are in no group.
+    This is the one grouping rule of the package (used by :func:`group_unfairness`).
+    """
+    c = _weights(counts, "counts")
+    items = np.flatnonzero(c > 0)
+    if not 1 <= n_groups <= items.size:
+        raise ValueError(f"n_groups must be in 1..{items.size} (items with a positive count), "
+                         f"got {n_groups}")
+    order = items[np.argsort(-c[items], kind="stable")].astype(np.int64)
+    return list(np.array_split(order, n_groups))

@@ -40,3 +40,11 @@ def load_default_catalog() -> Catalog:
     from .synthetic import make_synthetic_catalog
 
     return make_synthetic_catalog()
+
+
+# Next-item data: splits of the next-item task and the BIGRec / Amazon loaders.
+from .bigrec import load_amazon, load_bigrec, shared_amazon_dir  # noqa: E402
+from .splits import NextItemData, Split, next_item_data_from_catalog  # noqa: E402
+
+__all__ += ["NextItemData", "Split", "next_item_data_from_catalog", "load_bigrec",
+            "load_amazon", "shared_amazon_dir"]
