@@ -29,7 +29,7 @@ from .trie import Trie
 
 METHODS = ("sft", "flower", "gfn")
 GFN_LOSSES = ("subtb", "tb", "db")
-TRAJECTORIES = ("offline", "on_policy", "mixed")
+TRAJECTORIES = ("offline", "on_policy", "mixed", "catalog")
 SCHEDULES = ("cosine", "linear", "constant")
 RESUME_MAY_CHANGE = {"eval_every", "save_every", "patience"}  # settings a resumed run may change
 
@@ -46,7 +46,10 @@ class TrainConfig:
     granularity: int = 1
     normalisation: str = "pairs"
     penalty: float = OFF_ITEM_PENALTY
-    trajectories: str = "offline"  # offline: teacher-forced dataset items | on_policy | mixed
+    # GFlowNet trajectories: offline (teacher-forced dataset items) | on_policy (trie-masked samples) |
+    # mixed (the reference's offline/on-policy schedule) | catalog (teacher-forced random catalogue items:
+    # exact flows make any item a valid off-policy trajectory, so the tail is covered at SFT's cost)
+    trajectories: str = "offline"
     temperature: float = 1.0
     offline_threshold: float = 1.0  # mixed: the offline probability decays when the loss drops below this
     lr: float = 1e-4
@@ -78,16 +81,22 @@ class TrainConfig:
 
 @dataclass
 class FitData:
-    """Training rows: a prompt, the target item, and the row of the per-user reward (if any)."""
+    """Training rows: a prompt, the target item, the row of the per-user reward (if any) and an
+    optional per-row weight of the SFT term (e.g. IFairLRS group weights; None = every row 1)."""
 
     prompts: list[str]
     items: np.ndarray  # [rows] target item ids
     reward_rows: np.ndarray | None = None  # [rows] index passed to ``log_rewards_fn``
+    weights: np.ndarray | None = None  # [rows] >= 0, passed to ``losses.sft_loss(weight=...)``
 
     def __post_init__(self) -> None:
         self.items = np.asarray(self.items, dtype=np.int64)
         if len(self.prompts) != len(self.items) or len(self.items) == 0:
             raise ValueError(f"FitData: {len(self.prompts)} prompts for {len(self.items)} items (need the same, > 0)")
+        if self.weights is not None:
+            self.weights = np.asarray(self.weights, dtype=np.float64)
+            if self.weights.shape != self.items.shape or not np.isfinite(self.weights).all() or (self.weights < 0).any():
+                raise ValueError(f"FitData: weights must be {len(self.items)} finite values >= 0, got shape {self.weights.shape}")
 
     def __len__(self) -> int:
         return len(self.items)
@@ -170,20 +179,29 @@ class Trainer:
         return self.log_rewards_fn(keys).to(self.accelerator.device)
 
     # ------------------------------------------------------------------ objective
-    def loss(self, data: FitData, rows: np.ndarray, generator: torch.Generator | None = None, offline: bool = True) -> tuple[Tensor, dict]:
-        """The configured objective on ``rows`` of ``data``; returns (loss, {"sft": ..., "gfn": ...})."""
+    def loss(self, data: FitData, rows: np.ndarray, mode: str = "offline", generator: torch.Generator | None = None) -> tuple[Tensor, dict]:
+        """The configured objective on ``rows`` of ``data``; returns (loss, {"sft": ..., "gfn": ...}).
+
+        ``mode`` picks the GFlowNet trajectories: ``offline`` (the rows' targets), ``on_policy`` or
+        ``catalog`` (both drawn with ``generator``). Validation always uses ``offline``.
+        """
         cfg, trie = self.config, self.trie
         prompts = self._prompts([data.prompts[i] for i in rows])
         targets = item_trajectories(trie, torch.as_tensor(data.items[rows], device=trie.device))
         action, stop = teacher_forced(self.model, prompts, targets, trie.eos_id)
         parts = {}
-        sft = losses.sft_loss(*place_stop(action, stop, targets.lengths.to(action.device)))
+        weight = None if data.weights is None else torch.as_tensor(data.weights[rows], dtype=action.dtype, device=action.device)
+        sft = losses.sft_loss(*place_stop(action, stop, targets.lengths.to(action.device)), weight=weight)
         parts["sft"] = sft.item()
         if cfg.method == "sft":
             return sft, parts
         traj = targets
-        if not offline:
+        if mode == "catalog":
+            items = torch.randint(trie.num_items, (len(rows),), generator=generator, device=generator.device)
+            traj = item_trajectories(trie, items.to(trie.device))
+        elif mode == "on_policy":
             traj = sample_on_policy(self.accelerator.unwrap_model(self.model), prompts, trie, cfg.temperature, generator, cfg.max_new_tokens)
+        if traj is not targets:
             action, stop = teacher_forced(self.model, prompts, traj, trie.eos_id)
         gfn = self._gfn_loss(traj, action, stop, self._log_rewards(data, rows))
         parts["gfn"] = gfn.item()
@@ -210,7 +228,9 @@ class Trainer:
         rows = rows[acc.process_index * share : (acc.process_index + 1) * share]
         torch.manual_seed(cfg.seed * 1_000_003 + self.step)  # dropout: reproducible per step
         decide = torch.Generator().manual_seed(cfg.seed * 7919 + self.step)  # same decision on every process
-        offline = cfg.trajectories == "offline" or (cfg.trajectories == "mixed" and self.schedule.use_offline(decide))
+        mode = cfg.trajectories
+        if mode == "mixed":
+            mode = "offline" if self.schedule.use_offline(decide) else "on_policy"
         sampler = torch.Generator(device=acc.device).manual_seed(cfg.seed * 104_729 + self.step * 131 + acc.process_index)
         self.model.train()
         total, parts = 0.0, {}
@@ -219,7 +239,7 @@ class Trainer:
             sync = k == len(micro) - 1
             with acc.no_sync(self.model) if not sync and acc.num_processes > 1 else nullcontext():
                 with acc.autocast():
-                    loss, parts = self.loss(self.data, chunk, sampler, offline)
+                    loss, parts = self.loss(self.data, chunk, mode, sampler)
                 acc.backward(loss / len(micro))
             total += loss.item() / len(micro)
         if cfg.max_grad_norm is not None:
@@ -230,7 +250,7 @@ class Trainer:
         if cfg.trajectories == "mixed":
             self.schedule.update(total)
         self.step += 1
-        return {"loss": total, **parts, "offline": offline}
+        return {"loss": total, **parts, "trajectories": mode}
 
     @torch.no_grad()
     def evaluate(self) -> dict:
