@@ -180,7 +180,9 @@ class Trie:
         return Trie(self.structure, w)
 
     def to(self, device: torch.device | str) -> "Trie":
-        """Copy of the trie with every tensor on ``device``."""
+        """The trie with every tensor on ``device`` (itself when already there)."""
+        if torch.device(device) == self.device:
+            return self
         return Trie(self.structure.to(device), self.weights.to(device))
 
     def _log_flows(self, weights: Tensor) -> Tensor:
@@ -306,7 +308,8 @@ class Trie:
         mask = torch.ones_like(tokens, dtype=torch.bool) if mask is None else mask.bool()
         nodes = self.walk(tokens, mask)
         log_f = self.log_flows_at(nodes)
-        step = torch.where(nodes[:, 1:] >= 0, log_f[:, 1:] - log_f[:, :-1], torch.full_like(log_f[:, 1:], -math.inf))
+        inside = (nodes[:, 1:] >= 0) & (log_f[:, :-1] > -math.inf)  # a zero-flow state gives every token -inf
+        step = torch.where(inside, log_f[:, 1:] - log_f[:, :-1], torch.full_like(log_f[:, 1:], -math.inf))
         return torch.where(mask, step, torch.zeros_like(step))
 
     def batch_log_flows(self, log_rewards: Tensor, nodes: Tensor) -> Tensor:

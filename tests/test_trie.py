@@ -184,3 +184,9 @@ def test_zero_reward_items_are_allowed_and_have_no_flow():
     trie = Trie.from_sequences([[1], [2]], [1.0, 0.0], eos_id=EOS)
     assert trie.log_token_reward([], 2) == -math.inf
     assert trie.log_token_reward([], 1) == 0.0
+
+
+def test_token_rewards_below_a_zero_flow_state_are_minus_inf():
+    trie = Trie.from_sequences([[1, 2], [3]], [0.0, 1.0], eos_id=EOS)
+    rewards = trie.log_token_rewards(torch.tensor([[1, 2, EOS]]))
+    assert rewards.tolist() == [[-math.inf, -math.inf, -math.inf]]
