@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 
@@ -15,6 +16,41 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fit(args: argparse.Namespace) -> int:
+    from .fitting import run_fit
+
+    overrides = {k: v for k, v in (("lr", args.lr), ("theta", args.theta), ("loss", args.loss)) if v is not None}
+    result = run_fit(args.model, args.data, args.method, args.out, args.titles, args.steps, args.sample_size, args.seed, **overrides)
+    last = result.history[-1]
+    print(json.dumps({k: last[k] for k in ("step", "kl", "c_kl", "js", "tv", "invalid") if k in last}))
+    print(f"run: {args.out} (model in {args.out}/final)")
+    return 0
+
+
+def _recommend(args: argparse.Namespace) -> int:
+    from .decoding import recommend
+    from .fitting import RQ1_PROMPT, load_run
+
+    model, tokenizer, trie, target = load_run(args.run)
+    ranked = recommend(model, tokenizer, [args.prompt or RQ1_PROMPT], trie, num_beams=args.beams, num_return=args.top,
+                       length_penalty=args.length_penalty)[0]
+    for rank, item in enumerate(ranked, 1):
+        print(f"{rank:>3}. {target.titles[item]}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from .decoding import recommend
+    from .fitting import RQ1_PROMPT, fit_metrics, load_run, top_k_popularity
+
+    model, tokenizer, trie, target = load_run(args.run)
+    out = fit_metrics(model, tokenizer, trie, target)
+    ranked = recommend(model, tokenizer, [RQ1_PROMPT], trie, num_beams=10, num_return=10)[0]
+    out |= top_k_popularity(ranked, target)
+    print(json.dumps(out, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flower-lite", description="Flower: GFlowNet fine-tuning of LLM recommenders, for learners.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -24,6 +60,32 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--sample-size", type=int, default=1000, help="titles SFT trains on, drawn from the target")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=_demo)
+
+    fit = sub.add_parser("fit", help="fine-tune a causal LM on a popularity target (the paper's RQ1)")
+    fit.add_argument("--model", default="tiny", help="tiny | smollm2 | a Hugging Face id or local directory")
+    fit.add_argument("--data", default="default", choices=["default", "movielens", "movies100"])
+    fit.add_argument("--titles", type=int, default=100, help="the most popular titles that form the target")
+    fit.add_argument("--method", default="flower", help="sft | flower | 'flower θ=0.9' | db")
+    fit.add_argument("--loss", default=None, choices=["subtb", "tb", "db"], help="the GFlowNet objective")
+    fit.add_argument("--theta", type=float, default=None, help="Flower: L = theta SFT + (1 - theta) GFN")
+    fit.add_argument("--lr", type=float, default=None)
+    fit.add_argument("--steps", type=int, default=200)
+    fit.add_argument("--sample-size", type=int, default=500, help="titles drawn from the target for SFT")
+    fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument("--out", default="runs/fit", help="run folder (config, log.jsonl, checkpoint, final model)")
+    fit.set_defaults(func=_fit)
+
+    rec = sub.add_parser("recommend", help="trie-constrained beam search with a fitted model")
+    rec.add_argument("--run", required=True, help="a run folder written by 'flower-lite fit'")
+    rec.add_argument("--prompt", default=None)
+    rec.add_argument("--top", type=int, default=10)
+    rec.add_argument("--beams", type=int, default=10)
+    rec.add_argument("--length-penalty", type=float, default=1.0, help="1.0 as BIGRec, 0.0 as D3")
+    rec.set_defaults(func=_recommend)
+
+    ev = sub.add_parser("evaluate", help="exact distribution fit (KL, JS, TV) and top-10 popularity of a fitted model")
+    ev.add_argument("--run", required=True)
+    ev.set_defaults(func=_evaluate)
     return parser
 
 

