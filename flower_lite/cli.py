@@ -13,6 +13,11 @@ def _demo(args: argparse.Namespace) -> int:
     print(format_table(result.rows))
     if result.report:
         print(f"\nreport: {result.report}")
+    if args.llm:
+        from .demo import format_llm_table, run_llm_demo
+
+        print("\nLLM section: a tiny Qwen2-architecture model, SFT vs Flower on the same 500 sampled titles")
+        print(format_llm_table(run_llm_demo(args.out, steps=args.llm_steps, seed=args.seed)))
     return 0
 
 
@@ -59,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--steps", type=int, default=300)
     demo.add_argument("--sample-size", type=int, default=1000, help="titles SFT trains on, drawn from the target")
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--llm", action="store_true", help="add the LLM section: SFT vs Flower on a tiny causal LM (a few minutes on CPU)")
+    demo.add_argument("--llm-steps", type=int, default=200)
     demo.set_defaults(func=_demo)
 
     fit = sub.add_parser("fit", help="fine-tune a causal LM on a popularity target (the paper's RQ1)")

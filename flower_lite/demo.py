@@ -63,6 +63,25 @@ def run_demo(out_dir: str | Path | None = "reports/demo", steps: int = 300, samp
     return DemoResult(rows, report)
 
 
+def run_llm_demo(out_dir: str | Path | None = "reports/demo", steps: int = 200, sample_size: int = 500, seed: int = 0, progress: bool = True) -> list[dict]:
+    """The LLM section: SFT vs Flower on the tiny causal LM (RQ1 on the default catalogue), exact fit per method."""
+    from .fitting import run_fit
+
+    rows = []
+    for method in ("sft", "flower"):
+        run_dir = Path(out_dir) / f"llm_{method}" if out_dir is not None else Path("runs") / f"demo_llm_{method}"
+        result = run_fit("tiny", "default", method, run_dir, steps=steps, sample_size=sample_size, seed=seed, progress=progress)
+        rows.append({"method": f"tiny LLM {method}", **{k: result.history[-1][k] for k in ("c_kl", "c_js", "c_tv", "kl", "invalid")}})
+    return rows
+
+
+def format_llm_table(rows: list[dict]) -> str:
+    """Text table of the LLM section (c_ = trie-constrained sampling; kl and invalid = the unconstrained model)."""
+    keys = ("c_kl", "c_js", "c_tv", "kl", "invalid")
+    head = f"{'method':<20}" + "".join(f"{k:>12}" for k in keys)
+    return "\n".join([head, "-" * len(head)] + [f"{r['method']:<20}" + "".join(f"{r[k]:>12.4g}" for k in keys) for r in rows])
+
+
 def write_report(path: Path, trie: Trie, runs: dict, rows: list[dict]) -> Path:
     """One self-contained HTML page (plotly.js embedded once) with the table and the figures."""
     from . import viz  # plotting is imported only when a report is written

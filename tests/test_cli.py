@@ -1,0 +1,35 @@
+"""The command line: demo (toy and LLM sections), fit, recommend, evaluate."""
+import json
+import subprocess
+import sys
+
+from flower_lite.cli import main
+
+
+def test_demo_prints_the_comparison_and_writes_the_report(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path), "--steps", "300"]) == 0
+    out = capsys.readouterr().out
+    assert "sft" in out and "flower" in out and "report:" in out
+    rows = {r["method"]: r for r in json.loads((tmp_path / "results.json").read_text())}
+    assert rows["flower"]["kl"] <= 1e-3 < rows["sft"]["kl"]
+    html = (tmp_path / "report.html").read_text()
+    assert html.count("Plotly.newPlot") >= 3
+
+
+def test_python_dash_m_entry_point():
+    out = subprocess.run([sys.executable, "-m", "flower_lite", "--help"], capture_output=True, text=True, check=True).stdout
+    for command in ("demo", "fit", "recommend", "evaluate"):
+        assert command in out
+
+
+def test_fit_recommend_evaluate_round_trip(tmp_path, capsys):
+    run = str(tmp_path / "run")
+    assert main(["fit", "--method", "flower", "--steps", "4", "--titles", "30", "--sample-size", "64", "--out", run]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[0])["step"] == 4
+    assert main(["recommend", "--run", run, "--top", "5"]) == 0
+    lines = [x for x in capsys.readouterr().out.splitlines() if x.strip()[:2].rstrip(".").isdigit()]
+    assert len(lines) == 5
+    assert main(["evaluate", "--run", run]) == 0
+    out = capsys.readouterr().out
+    metrics = json.loads(out[out.index("{") :])
+    assert 0 <= metrics["c_tv"] <= 1 and metrics["c_kl"] >= 0 and 1 <= metrics["mean_pop_rank"] <= 30
