@@ -40,7 +40,7 @@ import torch
 from torch import Tensor
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from .prompts import MAX_TITLE_TOKENS, encode_prompts, left_pad, teacher_forced_log_probs
+from .prompts import MAX_TITLE_TOKENS, encode_prompts, left_pad, teacher_forced_log_probs, teacher_forced_logits
 from .trie import ROOT, Trie
 
 NEUTRAL_GENERATION = dict(
@@ -463,21 +463,6 @@ def exact_item_distribution(
     return p_title, float(1.0 - p_title.sum())
 
 
-def _state_logits(model: torch.nn.Module, prompt_batch: dict[str, Tensor], tokens: Tensor, mask: Tensor) -> Tensor:
-    """Full logits at every state along right-padded continuations: ``[B, w]`` -> float32 ``[B, w + 1, V]``.
-
-    Row t is the distribution after the prompt and ``tokens[:, :t]`` (the same inputs as
-    :func:`teacher_forced_log_probs`, which returns only gathered log-probs).
-    """
-    steps = tokens.shape[1]
-    ids = torch.cat([prompt_batch["input_ids"], tokens], dim=1)
-    attn = torch.cat([prompt_batch["attention_mask"], mask.to(prompt_batch["attention_mask"].dtype)], dim=1)
-    pos = prompt_batch["position_ids"]
-    positions = torch.cat([pos, pos[:, -1:] + torch.arange(1, steps + 1, device=pos.device)], dim=1)
-    out = model(input_ids=ids, attention_mask=attn, position_ids=positions, use_cache=False, logits_to_keep=steps + 1)
-    return out.logits.float()
-
-
 @torch.no_grad()
 def constrained_item_distribution(
     model: torch.nn.Module,
@@ -513,7 +498,8 @@ def constrained_item_distribution(
     for start in range(0, tokens.shape[0], batch_size):
         ids, m = tokens[start : start + batch_size], mask[start : start + batch_size]
         states = trie.walk(ids, m)  # [b, w + 1]; state t exists for t <= title length
-        logits = _state_logits(model, _prompt_batch(tokenizer, prompt, ids.shape[0], device), ids.to(device), m.to(device))
+        batch = _prompt_batch(tokenizer, prompt, ids.shape[0], device)
+        logits = teacher_forced_logits(model, batch["input_ids"], batch["attention_mask"], batch["position_ids"], ids.to(device), m.to(device))
         logits = logits.flatten(0, 1)  # [b * (w + 1), V], on the model's device
         flat = states.flatten()
         position = torch.arange(flat.numel())

@@ -79,6 +79,29 @@ def pad_continuations(
     return ids.to(device), mask.to(device)
 
 
+def teacher_forced_logits(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    position_ids: torch.Tensor,
+    continuation_ids: torch.Tensor,
+    continuation_mask: torch.Tensor,
+) -> torch.Tensor:
+    """Float32 logits at every state along right-padded continuations: ``[B, T]`` -> ``[B, T + 1, V]``.
+
+    Row t is the distribution after the prompt and ``continuation_ids[:, :t]``. One forward pass;
+    only the T + 1 positions that predict continuation tokens go through the LM head.
+    """
+    cont_mask = continuation_mask.to(device=input_ids.device, dtype=torch.bool)
+    steps = continuation_ids.shape[1]
+    ids = torch.cat([input_ids, continuation_ids.to(input_ids.device)], dim=1)
+    mask = torch.cat([attention_mask, cont_mask.to(attention_mask.dtype)], dim=1)
+    offsets = torch.arange(1, steps + 1, device=input_ids.device)
+    positions = torch.cat([position_ids, position_ids[:, -1:] + offsets], dim=1)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False, logits_to_keep=steps + 1)
+    return out.logits.float()
+
+
 def teacher_forced_log_probs(
     model: torch.nn.Module,
     input_ids: torch.Tensor,
@@ -107,13 +130,7 @@ def teacher_forced_log_probs(
     cont_mask = continuation_mask.to(device=input_ids.device, dtype=torch.bool)
     cont_ids = continuation_ids.to(input_ids.device).masked_fill(~cont_mask, 0)
     steps = cont_ids.shape[1]
-    ids = torch.cat([input_ids, cont_ids], dim=1)
-    mask = torch.cat([attention_mask, cont_mask.to(attention_mask.dtype)], dim=1)
-    offsets = torch.arange(1, steps + 1, device=input_ids.device)
-    positions = torch.cat([position_ids, position_ids[:, -1:] + offsets], dim=1)
-    logits = model(
-        input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False, logits_to_keep=steps + 1
-    ).logits.float()  # [B, T + 1, V]: row t is the distribution at state s_t
+    logits = teacher_forced_logits(model, input_ids, attention_mask, position_ids, cont_ids, cont_mask)
     log_z = logits.logsumexp(-1)  # [B, T + 1]
     log_pi_action = logits[:, :steps].gather(-1, cont_ids.unsqueeze(-1)).squeeze(-1) - log_z[:, :steps]
     log_pi_action = log_pi_action.masked_fill(~cont_mask, 0.0)
