@@ -27,13 +27,7 @@ PROMPT = "recommend a movie"
 PROMPTS = [PROMPT, "The user liked Foggy Alibi and Noisy Weekend; next:", "films"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from threads, and two OpenMP threads on a busy 2-core machine spin-wait badly."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +90,7 @@ def test_processor_masks_match_dict_trie(setup):
 def test_processor_incremental_states_follow_reordered_rows(setup):
     """Beam search reorders and duplicates rows between calls; the cached states must follow them."""
     model, tok, trie, _, paths = setup
-    eos, pad, vocab = trie.eos_id, tok.pad_token_id, model.config.vocab_size
+    pad, vocab = tok.pad_token_id, model.config.vocab_size
     rng = random.Random(1)
     proc = TrieLogitsProcessor(trie, prompt_length=3, pad_token_id=pad)
     prompt = torch.randint(1, vocab, (12, 3))

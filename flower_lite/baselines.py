@@ -1,0 +1,137 @@
+"""The baselines of the paper's RQ2 (METHOD.md 7), on the pipeline of :mod:`flower_lite.recommend`.
+
+* :func:`popularity`: the same most-counted items for everyone.
+* :func:`sasrec`: SASRec as a recommender (its top-K over all items).
+* :func:`bigrec`: SFT on the target titles (BIGRec), beam search with length_penalty 1.0.
+* :func:`sft_temperature`: the SFT model decoded at temperature 1.5 (logits / 1.5 before the
+  log-softmax of every beam step; :class:`flower_lite.decoding.TemperedLogSoftmax`).
+* :func:`d3`: the SFT model decoded with length_penalty 0.0 (D3's fix of the length normalisation:
+  beams are ranked by the title's total log-probability).
+* :func:`ifairlrs`: SFT with IFairLRS's per-sample group weights (Jiang et al., WWW 2024, the
+  in-learning reweighting). A row whose target is in popularity group g gets
+  ``w_g = GP_hist(g) / GP_target(g)``: the group's share of train history interactions over its share
+  of train targets, so groups that are more often the *answer* than the history suggests are
+  down-weighted. The weights really reweight the samples (:func:`flower_lite.losses.sft_loss` with
+  ``weight=``); the reference averaged them away (a mean of the loss over the whole batch, then
+  times the weight: mean(w) * mean(loss), METHOD.md 9 item 6).
+
+:func:`flower` trains Flower on the same pipeline and :func:`run_comparison` runs the whole RQ2
+table (every method from the same initial weights, the same training budget and selection rule).
+
+Groups are the package's one rule (:func:`flower_lite.metrics.popularity_group_ids`) on the
+item-level train history counts, the groups DGU / MGU are measured on.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .data.splits import NextItemData
+from .metrics import popularity_group_ids
+from .recommend import MethodResult, RecSetup, redecode, run_method, score
+from .sasrec import popularity_recommend
+from .train import TrainConfig
+
+__all__ = ["popularity", "sasrec", "bigrec", "sft_temperature", "d3", "ifairlrs_group_weights", "ifairlrs_weights",
+           "ifairlrs", "flower", "run_comparison"]
+
+SFT_TEMPERATURE = 1.5
+D3_LENGTH_PENALTY = 0.0
+
+
+def _k(setup: RecSetup) -> int:
+    return setup.config.decode_settings().num_return
+
+
+def popularity(setup: RecSetup) -> MethodResult:
+    """Every test row gets the K items with the largest train history count c(i)."""
+    t0 = time.perf_counter()
+    ranked = popularity_recommend(setup.counts, len(setup.data.test), _k(setup))
+    return score("popularity", setup, ranked, seconds={"train": 0.0, "decode": time.perf_counter() - t0})
+
+
+def sasrec(setup: RecSetup, model=None) -> MethodResult:
+    """SASRec's top-K items for each test history (``model`` defaults to ``setup.sasrec``)."""
+    model = model if model is not None else setup.sasrec
+    if model is None:
+        raise ValueError("no SASRec: pass one, or build the setup with prepare(..., sasrec=...)")
+    t0 = time.perf_counter()
+    ranked = model.recommend(setup.data.test.history, k=_k(setup))
+    return score("SASRec", setup, ranked, seconds={"train": 0.0, "decode": time.perf_counter() - t0})
+
+
+def bigrec(setup: RecSetup, model: torch.nn.Module, train: TrainConfig, **kwargs) -> MethodResult:
+    """BIGRec: SFT (``train.method`` forced to ``"sft"``), beam search with length_penalty 1.0."""
+    return run_method("BIGRec (SFT)", setup, model, replace(train, method="sft"), **kwargs)
+
+
+def sft_temperature(setup: RecSetup, sft: MethodResult, temperature: float = SFT_TEMPERATURE) -> MethodResult:
+    """The SFT model's beam search at ``temperature`` (default 1.5)."""
+    return redecode(f"SFT T={temperature:g}", setup, sft, temperature=temperature)
+
+
+def d3(setup: RecSetup, sft: MethodResult) -> MethodResult:
+    """D3 decoding of the SFT model: length_penalty 0.0."""
+    return redecode("D3", setup, sft, length_penalty=D3_LENGTH_PENALTY)
+
+
+def ifairlrs_group_weights(data: NextItemData, n_groups: int = 8) -> tuple[list[np.ndarray], np.ndarray]:
+    """IFairLRS group weights: (groups, ``w [n_groups]``) with ``w_g = GP_hist(g) / GP_target(g)``.
+
+    GP_hist(g): share of the train history interactions (every history slot) on group g's items;
+    GP_target(g): share of train rows whose target is in group g, among the rows whose target is in
+    some group (a target never seen in a train history has none). A group with no target gets 1.
+    """
+    counts = data.train_history_counts()
+    groups = popularity_group_ids(counts, n_groups)
+    targets = np.bincount(data.train.target, minlength=data.num_items)
+    hist = np.array([counts[g].sum() for g in groups], dtype=np.float64)
+    tgt = np.array([targets[g].sum() for g in groups], dtype=np.float64)
+    hist_share, tgt_share = hist / hist.sum(), tgt / max(tgt.sum(), 1.0)
+    w = np.where(tgt_share > 0, hist_share / np.where(tgt_share > 0, tgt_share, 1.0), 1.0)
+    return groups, w
+
+
+def ifairlrs_weights(data: NextItemData, n_groups: int = 8) -> np.ndarray:
+    """Per train row: the weight ``w_g`` of its target's group (1 for a target outside every group,
+    i.e. never in a train history). float64 ``[train rows]``."""
+    groups, w = ifairlrs_group_weights(data, n_groups)
+    group_of = np.full(data.num_items, -1)
+    for g, members in enumerate(groups):
+        group_of[members] = g
+    g = group_of[data.train.target]
+    return np.where(g >= 0, w[np.maximum(g, 0)], 1.0)
+
+
+def ifairlrs(setup: RecSetup, model: torch.nn.Module, train: TrainConfig, **kwargs) -> MethodResult:
+    """SFT with IFairLRS per-sample group weights (module docstring)."""
+    weights = ifairlrs_weights(setup.data, setup.config.n_groups)
+    return run_method("IFairLRS", setup, model, replace(train, method="sft"), weights=weights, **kwargs)
+
+
+def flower(setup: RecSetup, model: torch.nn.Module, train: TrainConfig, variant: str = "div_s", lam: float = 1.0,
+           name: str | None = None, **kwargs) -> MethodResult:
+    """Flower: ``train.method`` forced to ``"flower"`` (theta * SFT + (1 - theta) * SubTB) with the
+    personalised reward ``variant`` and granularity ``train.granularity``."""
+    name = name or f"Flower ({variant}, θ={train.theta:g}, n={train.granularity})"
+    return run_method(name, setup, model, replace(train, method="flower"), variant=variant, lam=lam, **kwargs)
+
+
+def run_comparison(setup: RecSetup, new_model: Callable[[], torch.nn.Module], train: TrainConfig,
+                   variant: str = "div_s", lam: float = 1.0, progress: bool = False) -> dict[str, MethodResult]:
+    """Every method of the RQ2 table on one setup: popularity, SASRec, BIGRec (SFT), SFT at T = 1.5,
+    D3, IFairLRS and Flower. ``new_model()`` returns the initial policy (the same weights every call);
+    the three trained methods use ``train`` (its ``method`` is overridden)."""
+    out = {"popularity": popularity(setup)}
+    if setup.sasrec is not None:
+        out["SASRec"] = sasrec(setup)
+    sft = bigrec(setup, new_model(), train, progress=progress)
+    out[sft.name] = sft
+    for r in (sft_temperature(setup, sft), d3(setup, sft), ifairlrs(setup, new_model(), train, progress=progress),
+              flower(setup, new_model(), train, variant, lam, name="Flower", progress=progress)):
+        out[r.name] = r
+    return out
