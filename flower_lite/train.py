@@ -145,6 +145,10 @@ class Trainer:
         self.tokenizer, self.log_rewards_fn, self.eval_fn, self.progress = tokenizer, log_rewards_fn, eval_fn, progress
         self.accelerator = Accelerator(mixed_precision=config.mixed_precision)
         acc = self.accelerator
+        launched = int(os.environ.get("WORLD_SIZE", "1"))
+        if launched > 1 and acc.num_processes == 1:  # each process would train alone and write the same files
+            raise RuntimeError(f"launched as {launched} processes but accelerate sees one: on a machine without a GPU, "
+                               "set ACCELERATE_USE_CPU=1 (see docs/SCALING.md)")
         if config.batch_size % (acc.num_processes * config.grad_accum):
             raise ValueError(f"batch_size {config.batch_size} must split evenly over {acc.num_processes} processes x {config.grad_accum} micro-batches")
         self.trie = trie.to(acc.device)
@@ -242,6 +246,8 @@ class Trainer:
                     loss, parts = self.loss(self.data, chunk, mode, sampler)
                 acc.backward(loss / len(micro))
             total += loss.item() / len(micro)
+        if acc.num_processes > 1:  # the global batch's loss, the same on every process (logs, mixed schedule)
+            total = acc.reduce(torch.tensor(total, dtype=torch.float64, device=acc.device), reduction="mean").item()
         if cfg.max_grad_norm is not None:
             acc.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]], cfg.max_grad_norm)
         self.optimizer.step()
