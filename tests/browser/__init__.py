@@ -1,0 +1,1 @@
+"""Helpers of tests/test_browser.py: a throw-away JupyterLab server and a headless system Chromium."""
