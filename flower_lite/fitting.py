@@ -20,7 +20,7 @@ import torch
 from . import metrics
 from .decoding import constrained_item_distribution, exact_item_distribution
 from .prompts import build_prompt
-from .train import FitData
+from .train import FitData, TrainConfig
 from .trie import Trie
 
 RQ1_PROMPT = build_prompt("Recommend a movie.")
@@ -120,11 +120,9 @@ RQ1_METHODS = {
 }
 
 
-def rq1_config(name: str, steps: int = 200, **overrides) -> "TrainConfig":
+def rq1_config(name: str, steps: int = 200, **overrides) -> TrainConfig:
     """Settings of notebook 03 and ``flower-lite fit`` for method ``name`` in ``RQ1_METHODS``
     (learning rate 3e-3 and batch 32 suit the tiny model; pass overrides for real models)."""
-    from .train import TrainConfig
-
     if name not in RQ1_METHODS:
         raise ValueError(f"unknown RQ1 method {name!r}: expected one of {list(RQ1_METHODS)}")
     base = dict(lr=3e-3, max_steps=steps, eval_every=max(1, steps // 4), batch_size=32, warmup_steps=10)

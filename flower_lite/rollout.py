@@ -105,13 +105,6 @@ def kv_cache(output) -> dict:
     return {"past_key_values": output.past_key_values}
 
 
-def pad_trajectories(parts: list[Trajectories]) -> Trajectories:
-    """Concatenate trajectory batches, right-padding their tokens to a common width."""
-    width = max(p.tokens.shape[1] for p in parts)
-    tokens = torch.cat([torch.nn.functional.pad(p.tokens, (0, width - p.tokens.shape[1])) for p in parts])
-    return Trajectories(tokens, torch.cat([p.lengths for p in parts]))
-
-
 @dataclass
 class OfflineSchedule:
     """The reference's mix for RQ1: with probability ``p`` a step trains on teacher-forced dataset titles

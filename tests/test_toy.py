@@ -25,8 +25,8 @@ def test_pushed_down_distribution_is_exact():
     assert q.sum().item() + invalid == pytest.approx(1.0)
     # by hand: enumerate every outcome from the per-edge probabilities
     log_edge, log_early = policy.log_probs()
-    e = lambda prefix: float(log_edge[trie.node_of(prefix)].exp())  # noqa: E731
-    stop = lambda prefix: float(log_early[trie.node_of(prefix)].exp())  # noqa: E731
+    e = lambda prefix: float(log_edge[trie.node_of(prefix)].detach().exp())  # noqa: E731
+    stop = lambda prefix: float(log_early[trie.node_of(prefix)].detach().exp())  # noqa: E731
     by_hand = {(1, 2): e([1]) * e([1, 2]) * e([1, 2, 0]), (1, 3): e([1]) * e([1, 3]) * e([1, 3, 0]), (4,): e([4]) * e([4, 0])}
     order = [trie.node_of(list(k) + [0]) for k in by_hand]
     got = dict(zip(trie.terminal_nodes.tolist(), q.tolist()))
