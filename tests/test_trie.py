@@ -7,6 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from flower_lite import trie as trie_module
 from flower_lite.trie import Trie, chunk_boundaries
 
 EOS = 0
@@ -100,6 +101,28 @@ def test_batched_ops_equal_single_lookups(cat, seed):
                 assert float(rewards[b, t]) == pytest.approx(want, abs=1e-12) or (want == -math.inf and rewards[b, t] == -math.inf)
             else:
                 assert float(rewards[b, t]) == 0.0
+
+
+@settings(max_examples=30, deadline=None)
+@given(catalogues(), st.integers(0, 10_000))
+def test_sorted_batch_lookups_equal_the_dict_trie(cat, seed):
+    """Large batches are looked up in sorted key order and scattered back: every (state, token) pair,
+    off-trie ones included (-1 states, tokens outside the vocabulary), in a shuffled 2-D batch."""
+    seqs, weights = cat
+    trie = Trie.from_sequences(seqs, weights, eos_id=EOS)
+    edges = {(trie.node_of(p[:-1]), p[-1]): trie.node_of(p) for p in naive_flows(seqs, weights) if p}
+    states, tokens = torch.meshgrid(torch.arange(-1, trie.num_nodes), torch.arange(-1, 9), indexing="ij")
+    perm = torch.as_tensor(np.random.default_rng(seed).permutation(states.numel()))
+    states, tokens = states.flatten()[perm].view(-1, 2), tokens.flatten()[perm].view(-1, 2)
+    before = trie_module.SORTED_LOOKUP_MIN
+    trie_module.SORTED_LOOKUP_MIN = 1
+    try:
+        out = trie.child(states, tokens)
+    finally:
+        trie_module.SORTED_LOOKUP_MIN = before
+    want = torch.tensor([edges.get((int(n), int(t)), -1) for n, t in zip(states.flatten(), tokens.flatten())]).view(-1, 2)
+    assert torch.equal(out, want)
+    assert torch.equal(out, trie.child(states, tokens))  # the unsorted path of small batches agrees
 
 
 def test_prefix_title_and_duplicates_are_explicit():
