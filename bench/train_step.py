@@ -164,6 +164,8 @@ def sampling_seconds(trainer: Trainer, data: FitData, batch: int, repeats: int) 
 
 COMPONENTS = {  # (module, attribute) of the pieces of a step, as flower_lite.train calls them
     "teacher_forced (forward)": ("flower_lite.train", "teacher_forced"),
+    "prompt_pass (forward)": ("flower_lite.train", "prompt_pass"),
+    "continue_prompts (forward)": ("flower_lite.train", "continue_prompts"),
     "sample_on_policy": ("flower_lite.train", "sample_on_policy"),
     "path_rewards (trie)": ("flower_lite.train", "path_rewards"),
     "subtb loss": ("flower_lite.losses", "subtrajectory_balance_loss"),

@@ -236,13 +236,7 @@ def load_causal_lm(
     if device is not None:
         model = model.to(device)
     if gradient_checkpointing:
-        model.config.use_cache = False
-        # transformers 5 renamed gradient checkpointing to activation checkpointing.
-        enable = getattr(model, "activation_checkpointing_enable", None)
-        if enable is not None:
-            enable({"use_reentrant": False})
-        else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_gradient_checkpointing(model)
     if lora is not None:
         from peft import LoraConfig, get_peft_model
 
@@ -257,6 +251,17 @@ def load_causal_lm(
             ),
         )
     return model.eval(), tokenizer
+
+
+def enable_gradient_checkpointing(model) -> None:
+    """Recompute activations in the backward pass (non-reentrant). While training, transformers then
+    keeps no KV cache, so the trainer teacher-forces each title set on its own (``rollout.prompt_pass``)."""
+    model.config.use_cache = False
+    enable = getattr(model, "activation_checkpointing_enable", None)  # transformers 5's name
+    if enable is not None:
+        enable({"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> int:

@@ -129,8 +129,19 @@ def teacher_forced_log_probs(
     """
     cont_mask = continuation_mask.to(device=input_ids.device, dtype=torch.bool)
     cont_ids = continuation_ids.to(input_ids.device).masked_fill(~cont_mask, 0)
-    steps = cont_ids.shape[1]
     logits = teacher_forced_logits(model, input_ids, attention_mask, position_ids, cont_ids, cont_mask)
+    return log_probs_along(logits, cont_ids, cont_mask, extra_token_id)
+
+
+def log_probs_along(
+    logits: torch.Tensor, continuation_ids: torch.Tensor, continuation_mask: torch.Tensor, extra_token_id: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`teacher_forced_log_probs` from the logits ``[B, T + 1, V]`` at the states of the continuations
+    ``[B, T]`` (mask ``[B, T]``): the log-softmax over the vocabulary, in float32."""
+    cont_mask = continuation_mask.to(device=logits.device, dtype=torch.bool)
+    cont_ids = continuation_ids.to(logits.device).masked_fill(~cont_mask, 0)
+    steps = cont_ids.shape[1]
+    logits = logits.float()
     log_z = logits.logsumexp(-1)  # [B, T + 1]
     log_pi_action = logits[:, :steps].gather(-1, cont_ids.unsqueeze(-1)).squeeze(-1) - log_z[:, :steps]
     log_pi_action = log_pi_action.masked_fill(~cont_mask, 0.0)

@@ -5,8 +5,12 @@
 * On-policy sampling masked to the trie, with temperature and a KV cache (``sample_on_policy``).
   Sampling runs without gradients; the sampled titles are then teacher-forced with gradients.
   The gradient is the same as back-propagating through the sampling loop (the reference's way,
-  sampled tokens are discrete and carry no gradient), at the cost of one extra forward pass
-  instead of keeping the whole sampling graph in memory.
+  sampled tokens are discrete and carry no gradient), without keeping the sampling graph in memory.
+* Several trajectory sets on the same prompts (the SFT targets and the sampled or catalogue titles of
+  one Flower step) share one pass over the prompts (``prompt_pass`` then ``continue_prompts``): the
+  prompt's KV cache, computed once with gradients, seeds the sampling (detached) and the
+  teacher-forced pass over all titles. The prompt is usually most of the tokens, so this removes two
+  of the three prompt passes of an on-policy step.
 * A mix of the two with the reference's schedule (``OfflineSchedule``).
 
 Every title has one token path (``trie.structure.paths``), shared by SFT targets, trajectories,
@@ -19,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .prompts import teacher_forced_log_probs
+from .prompts import log_probs_along, teacher_forced_log_probs
 from .trie import Trie
 
 
@@ -58,14 +62,83 @@ def teacher_forced(model, prompts: dict[str, Tensor], traj: Trajectories, eos_id
     )
 
 
+@dataclass
+class PromptPass:
+    """One forward pass over a left-padded batch of prompts: the logits of the first state s_0 (the
+    prompt alone) ``[B, V]`` float32, and the KV cache of the prompt tokens, with gradients when enabled."""
+
+    logits: Tensor
+    cache: object  # a transformers Cache
+    cache_arg: str  # the forward's keyword for it ("cache", or "past_key_values" before transformers 5.x)
+
+    def detached(self) -> "PromptPass":
+        """The same values cut from the graph, in a cache of their own (sampling appends to it)."""
+        return PromptPass(self.logits.detach(), _map_cache(self.cache, Tensor.detach), self.cache_arg)
+
+
+def _cache_of(output) -> tuple[object, str]:
+    if hasattr(output, "cache"):
+        return output.cache, "cache"
+    return output.past_key_values, "past_key_values"
+
+
+def _map_cache(cache, fn):
+    """A new DynamicCache holding ``fn(keys), fn(values)`` of every layer of ``cache``."""
+    from transformers import DynamicCache
+
+    return DynamicCache([(fn(layer.keys), fn(layer.values)) for layer in cache.layers])
+
+
+def prompt_pass(model, prompts: dict[str, Tensor]) -> PromptPass | None:
+    """Run the prompts once with a KV cache (only the last position goes through the LM head).
+
+    None when the model returns no usable cache, e.g. under gradient checkpointing while training
+    (transformers then drops the cache so that the backward replay does not write it twice).
+    """
+    ids = prompts["input_ids"]
+    out = model(input_ids=ids, attention_mask=prompts["attention_mask"], position_ids=prompts["position_ids"],
+                use_cache=True, logits_to_keep=1)
+    cache, arg = _cache_of(out)
+    if cache is None or not hasattr(cache, "layers") or cache.get_seq_length() != ids.shape[1]:
+        return None
+    return PromptPass(out.logits[:, -1].float(), cache, arg)
+
+
+def continue_prompts(model, prompts: dict[str, Tensor], first: PromptPass, trajs: list[Trajectories], eos_id: int
+                     ) -> list[tuple[Tensor, Tensor]]:
+    """:func:`teacher_forced` for several trajectory sets on the same prompts, from one :func:`prompt_pass`.
+
+    The sets are stacked into one batch of ``len(trajs) * B`` continuations that attend to the prompt's
+    cache (repeated per set); returns ``(log pi(a_t | s_t), log pi(T | s_t))`` per set, equal to
+    :func:`teacher_forced` of each set, gradients included (they flow into the prompt pass once).
+    """
+    device, n = prompts["input_ids"].device, len(trajs)
+    width = max(t.tokens.shape[1] for t in trajs)
+    tokens = torch.cat([torch.nn.functional.pad(t.tokens.to(device), (0, width - t.tokens.shape[1])) for t in trajs])
+    mask = torch.cat([torch.nn.functional.pad(t.mask.to(device), (0, width - t.tokens.shape[1])) for t in trajs])
+    logits = first.logits.repeat(n, 1)[:, None]  # s_0 of every continuation
+    if width:
+        cache = _map_cache(first.cache, lambda x: x.repeat(n, 1, 1, 1))
+        attention = torch.cat([prompts["attention_mask"].repeat(n, 1), mask.to(prompts["attention_mask"].dtype)], dim=1)
+        positions = prompts["position_ids"][:, -1:].repeat(n, 1) + torch.arange(1, width + 1, device=device)
+        out = model(input_ids=tokens, attention_mask=attention, position_ids=positions, use_cache=True,
+                    **{first.cache_arg: cache})
+        logits = torch.cat([logits, out.logits.float()], dim=1)  # [n B, width + 1, V]
+    action, stop = log_probs_along(logits, tokens, mask, eos_id)
+    batch = prompts["input_ids"].shape[0]
+    return [(action[k * batch:(k + 1) * batch, : t.tokens.shape[1]], stop[k * batch:(k + 1) * batch, : t.tokens.shape[1] + 1])
+            for k, t in enumerate(trajs)]
+
+
 @torch.no_grad()
 def sample_on_policy(
     model, prompts: dict[str, Tensor], trie: Trie, temperature: float = 1.0, generator: torch.Generator | None = None,
-    max_new_tokens: int = 64,
+    max_new_tokens: int = 64, first: PromptPass | None = None,
 ) -> Trajectories:
     """Sample one title per prompt from pi restricted to the trie (softmax(logits / temperature) over
     the allowed tokens), with a KV cache: one forward pass per generated token for the whole batch.
     Always ends with T on a complete title (never leaves the trie, never stops early).
+    ``first``: the prompts' :func:`prompt_pass` when already computed (its values are detached here).
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
@@ -75,9 +148,14 @@ def sample_on_policy(
     done = torch.zeros(batch, dtype=torch.bool, device=device)
     tokens = torch.zeros(batch, max_new_tokens, dtype=torch.long, device=device)
     lengths = torch.zeros(batch, dtype=torch.long, device=device)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
+    if first is None:
+        out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
+        last, cache = out.logits[:, -1, :].float(), kv_cache(out)
+    else:
+        first = first.detached()
+        last, cache = first.logits, {first.cache_arg: first.cache}
     for t in range(max_new_tokens):
-        logits = out.logits[:, -1, :].float() / temperature
+        logits = last / temperature
         allowed = trie.allowed_mask(nodes, logits.shape[-1]).to(device)
         logits = logits.masked_fill(~allowed, float("-inf"))
         probs = torch.softmax(logits.masked_fill(done[:, None], 0.0), dim=-1)
@@ -91,7 +169,8 @@ def sample_on_policy(
             break
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         pos = pos[:, -1:] + 1
-        out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos, use_cache=True, **kv_cache(out))
+        out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos, use_cache=True, **cache)
+        last, cache = out.logits[:, -1, :].float(), kv_cache(out)
     if not bool(done.all()):
         raise ValueError(f"a sampled title did not end within max_new_tokens={max_new_tokens}")
     return Trajectories(tokens[:, : int(lengths.max())], lengths)
@@ -100,9 +179,8 @@ def sample_on_policy(
 def kv_cache(output) -> dict:
     """The KV cache of a forward pass as keyword arguments for the next one (``cache`` in recent
     transformers 5 releases, ``past_key_values`` before)."""
-    if hasattr(output, "cache"):
-        return {"cache": output.cache}
-    return {"past_key_values": output.past_key_values}
+    cache, arg = _cache_of(output)
+    return {arg: cache}
 
 
 @dataclass

@@ -24,7 +24,8 @@ from tqdm.auto import tqdm
 from . import losses
 from .prompts import left_pad
 from .rewards import OFF_ITEM_PENALTY, path_rewards, place_stop
-from .rollout import OfflineSchedule, Trajectories, item_trajectories, sample_on_policy, teacher_forced
+from .rollout import (OfflineSchedule, Trajectories, continue_prompts, item_trajectories, prompt_pass, sample_on_policy,
+                      teacher_forced)
 from .trie import Trie
 
 METHODS = ("sft", "flower", "gfn")
@@ -192,22 +193,28 @@ class Trainer:
         cfg, trie = self.config, self.trie
         prompts = self._prompts([data.prompts[i] for i in rows])
         targets = item_trajectories(trie, torch.as_tensor(data.items[rows], device=trie.device))
-        action, stop = teacher_forced(self.model, prompts, targets, trie.eos_id)
+        traj, first = targets, None
+        if cfg.method != "sft" and mode in ("catalog", "on_policy"):
+            # the GFlowNet titles differ from the SFT targets: one pass over the prompts serves both
+            first = prompt_pass(self.model, prompts)
+            if mode == "catalog":
+                items = torch.randint(trie.num_items, (len(rows),), generator=generator, device=generator.device)
+                traj = item_trajectories(trie, items.to(trie.device))
+            else:
+                traj = sample_on_policy(self.accelerator.unwrap_model(self.model), prompts, trie, cfg.temperature,
+                                        generator, cfg.max_new_tokens, first=first)
+        if first is not None:
+            (action, stop), (gfn_action, gfn_stop) = continue_prompts(self.model, prompts, first, [targets, traj], trie.eos_id)
+        else:  # one set of titles, or no usable prompt cache (gradient checkpointing): teacher-force each set
+            action, stop = teacher_forced(self.model, prompts, targets, trie.eos_id)
+            gfn_action, gfn_stop = (action, stop) if traj is targets else teacher_forced(self.model, prompts, traj, trie.eos_id)
         parts = {}
         weight = None if data.weights is None else torch.as_tensor(data.weights[rows], dtype=action.dtype, device=action.device)
         sft = losses.sft_loss(*place_stop(action, stop, targets.lengths.to(action.device)), weight=weight)
         parts["sft"] = sft.item()
         if cfg.method == "sft":
             return sft, parts
-        traj = targets
-        if mode == "catalog":
-            items = torch.randint(trie.num_items, (len(rows),), generator=generator, device=generator.device)
-            traj = item_trajectories(trie, items.to(trie.device))
-        elif mode == "on_policy":
-            traj = sample_on_policy(self.accelerator.unwrap_model(self.model), prompts, trie, cfg.temperature, generator, cfg.max_new_tokens)
-        if traj is not targets:
-            action, stop = teacher_forced(self.model, prompts, traj, trie.eos_id)
-        gfn = self._gfn_loss(traj, action, stop, self._log_rewards(data, rows))
+        gfn = self._gfn_loss(traj, gfn_action, gfn_stop, self._log_rewards(data, rows))
         parts["gfn"] = gfn.item()
         return (losses.theta_mix(sft, gfn, cfg.theta) if cfg.method == "flower" else gfn), parts
 

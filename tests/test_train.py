@@ -6,10 +6,11 @@ import pytest
 import torch
 
 from flower_lite.data import load_default_catalog
-from flower_lite.models import make_tiny_model, random_qwen2_5_0_5b
+from flower_lite.models import enable_gradient_checkpointing, make_tiny_model, random_qwen2_5_0_5b
 from flower_lite.prompts import build_prompt, title_trie
 from flower_lite.rewards import log_popularity
-from flower_lite.rollout import item_trajectories, sample_on_policy
+from flower_lite.prompts import encode_prompts
+from flower_lite.rollout import continue_prompts, item_trajectories, prompt_pass, sample_on_policy, teacher_forced
 from flower_lite.train import FitData, Trainer, TrainConfig, fit, load_checkpoint_file
 
 PROMPT = build_prompt("Recommend a movie.")
@@ -107,8 +108,6 @@ def test_corrupt_and_mismatched_checkpoints_are_named(setup, tmp_path):
 def test_sampled_trajectories_stay_on_the_trie(setup):
     titles, tok, trie, _, _ = setup
     model = fresh_model(titles)
-    from flower_lite.prompts import encode_prompts
-
     prompts = encode_prompts(tok, [PROMPT] * 32)
     traj = sample_on_policy(model, prompts, trie, temperature=2.0, generator=torch.Generator().manual_seed(0))
     nodes = trie.walk(traj.tokens, traj.mask)
@@ -116,6 +115,55 @@ def test_sampled_trajectories_stay_on_the_trie(setup):
     assert (ends >= 0).all() and (trie.stop_child(ends) >= 0).all()  # every sample is a complete title
     back = item_trajectories(trie, torch.arange(len(titles)))
     assert back.tokens.shape[0] == len(titles)
+
+
+def test_one_prompt_pass_equals_teacher_forcing_each_set(setup):
+    """continue_prompts (one pass over left-padded prompts, its cache shared by two title sets of
+    different widths) gives teacher_forced's log-probs and gradients; sampling from that pass draws
+    the same titles as sampling from scratch."""
+    titles, tok, trie, _, _ = setup
+    model = fresh_model(titles).train()
+    prompts = encode_prompts(tok, [PROMPT, "Recommend", build_prompt("Recommend a movie.", titles[:3], "movie")])
+    short = item_trajectories(trie, torch.tensor([0, 0, 1]))
+    long = item_trajectories(trie, torch.tensor([int(np.argmax([len(p) for p in trie.structure.paths.tolist()])), 7, 2]))
+    assert short.tokens.shape[1] != long.tokens.shape[1] and (prompts["attention_mask"] == 0).any()
+    params = [p for p in model.parameters() if p.requires_grad]
+    shared = continue_prompts(model, prompts, prompt_pass(model, prompts), [short, long], trie.eos_id)
+    separate = [teacher_forced(model, prompts, t, trie.eos_id) for t in (short, long)]
+    for (a, s_), (b, t_) in zip(shared, separate):
+        assert a.shape == b.shape and s_.shape == t_.shape
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(s_, t_, atol=1e-5, rtol=1e-5)
+    weights = torch.randn(4, generator=torch.Generator().manual_seed(0))
+
+    def objective(parts):
+        return sum(w * (x ** 2).sum() for w, x in zip(weights, [v for pair in parts for v in pair]))
+
+    g_shared = torch.autograd.grad(objective(shared), params)
+    g_separate = torch.autograd.grad(objective(separate), params)
+    for x, y in zip(g_shared, g_separate):
+        torch.testing.assert_close(x, y, atol=1e-4, rtol=1e-4)
+    draws = [sample_on_policy(model, prompts, trie, 1.5, torch.Generator().manual_seed(3), first=first)
+             for first in (prompt_pass(model, prompts), None)]
+    assert torch.equal(draws[0].tokens, draws[1].tokens) and torch.equal(draws[0].lengths, draws[1].lengths)
+
+
+def test_gradient_checkpointing_falls_back_to_one_pass_per_set(setup):
+    """Under gradient checkpointing transformers keeps no cache while training: the trainer then
+    teacher-forces each title set on its own, with the same loss."""
+    titles, tok, trie, data, _ = setup
+    losses_by_mode = []
+    for checkpointing in (False, True):
+        model = fresh_model(titles)
+        if checkpointing:
+            enable_gradient_checkpointing(model)
+        trainer = Trainer(model, tok, trie, config(max_steps=1), data, progress=False)
+        model.train()
+        if checkpointing:
+            assert prompt_pass(model, trainer._prompts([PROMPT])) is None
+        loss, _ = trainer.loss(data, np.arange(8), "on_policy", torch.Generator().manual_seed(5))
+        losses_by_mode.append(loss.item())
+    assert losses_by_mode[0] == pytest.approx(losses_by_mode[1], rel=1e-5)
 
 
 def test_bad_settings_are_named():
