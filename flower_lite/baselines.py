@@ -37,7 +37,7 @@ from .sasrec import popularity_recommend
 from .train import TrainConfig
 
 __all__ = ["popularity", "sasrec", "bigrec", "sft_temperature", "d3", "ifairlrs_group_weights", "ifairlrs_weights",
-           "ifairlrs", "flower", "run_comparison"]
+           "ifairlrs", "flower", "run_comparison", "rq2_table"]
 
 SFT_TEMPERATURE = 1.5
 D3_LENGTH_PENALTY = 0.0
@@ -135,3 +135,41 @@ def run_comparison(setup: RecSetup, new_model: Callable[[], torch.nn.Module], tr
               flower(setup, new_model(), train, variant, lam, name="Flower", progress=progress)):
         out[r.name] = r
     return out
+
+
+def rq2_table(data: str = "default", steps: int = 600, train_rows: int | None = None, valid_rows: int = 64,
+              test_rows: int = 128, theta: float = 0.995, variant: str = "div_s", batch_size: int = 16,
+              seed: int = 0, threads: int | None = 1, progress: bool = True) -> tuple[list[dict], dict[str, MethodResult]]:
+    """The RQ2 comparison of notebook 04 in one call (``flower-lite compare``): every method of
+    :func:`run_comparison` and the reward-ranking ceiling, on the synthetic default (``data="default"``)
+    or a shared Amazon category (``"Movies_and_TV"``, ...), with the tiny offline policy.
+
+    SASRec is trained on the kept train rows and selected on the whole validation split; the LLM methods
+    train ``steps`` steps of ``batch_size`` rows (learning rate 1e-2, the tiny model's), are selected on
+    ``valid_rows`` seeded validation rows and scored on ``test_rows`` seeded test rows. Returns the
+    rows of :func:`~flower_lite.recommend.results_table` (hit/ndcg @1, 5, 10 and the exposure metrics)
+    and the results by method.
+    """
+    from . import recommend as rec
+    from .data import load_amazon, load_default_catalog, next_item_data_from_catalog
+    from .models import make_tiny_model
+    from .sasrec import SASRecConfig, train_sasrec
+
+    if data == "default":
+        full, (plural, singular), vocab = next_item_data_from_catalog(load_default_catalog()), rec.CATEGORY_NOUNS["synthetic"], 512
+    else:
+        full, (plural, singular), vocab = load_amazon(data), rec.CATEGORY_NOUNS[data], 2048
+    full = rec.subsample(full, train_rows=train_rows)
+    sasrec_model, _ = train_sasrec(full, SASRecConfig(batch_size=256, patience=10, max_epochs=100, progress=False,
+                                                      num_threads=threads, seed=seed))
+    kept = rec.subsample(full, valid_rows=valid_rows, test_rows=test_rows, seed=seed)
+    base, tok = make_tiny_model(kept.titles + rec.history_prompts(kept, "train", plural, singular)[:200],
+                                vocab_size=vocab, seed=seed)
+    config = rec.RecommendConfig(category=plural, singular=singular, ks=(1, 5, 10), num_threads=threads)
+    setup = rec.prepare(kept, tok, sasrec_model, config)
+    train = TrainConfig(lr=1e-2, batch_size=batch_size, max_steps=steps, eval_every=max(1, steps // 6),
+                        warmup_steps=min(20, steps // 10), theta=theta, seed=seed, save_every=10**9)
+    results = run_comparison(setup, lambda: rec.copy_model(base), train, variant, progress=progress)
+    ceiling = f"R_u ceiling ({variant})"
+    results[ceiling] = rec.reward_ranking(ceiling, setup, variant)
+    return rec.results_table(results.values(), ks=(1, 5, 10)), results

@@ -1,4 +1,4 @@
-"""Command line: ``flower-lite demo`` (and ``python -m flower_lite demo``)."""
+"""Command line: ``flower-lite demo | fit | recommend | evaluate | compare`` (also ``python -m flower_lite ...``)."""
 from __future__ import annotations
 
 import argparse
@@ -56,6 +56,24 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .baselines import rq2_table
+
+    rows, _ = rq2_table(args.data, args.steps, args.train_rows, args.valid_rows, args.test_rows, args.theta,
+                        args.variant, seed=args.seed, threads=args.threads)
+    keys = list(rows[0])
+    print(" | ".join(keys))
+    for row in rows:
+        print(" | ".join(f"{row[k]:.4g}" if isinstance(row[k], float) else str(row[k]) for k in keys))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(rows, indent=1), encoding="utf-8")
+        print(f"rows: {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flower-lite", description="Flower: GFlowNet fine-tuning of LLM recommenders, for learners.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -93,6 +111,19 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="exact distribution fit (KL, JS, TV) and top-10 popularity of a fitted model")
     ev.add_argument("--run", required=True)
     ev.set_defaults(func=_evaluate)
+
+    cmp = sub.add_parser("compare", help="next-item recommendation (RQ2): every baseline, SFT and Flower with the tiny model")
+    cmp.add_argument("--data", default="default", help="default | Movies_and_TV | Video_Games | CDs_and_Vinyl (shared data)")
+    cmp.add_argument("--steps", type=int, default=600, help="training steps of each LLM method")
+    cmp.add_argument("--train-rows", type=int, default=None, help="keep the most recent train rows (default: all)")
+    cmp.add_argument("--valid-rows", type=int, default=64)
+    cmp.add_argument("--test-rows", type=int, default=128)
+    cmp.add_argument("--theta", type=float, default=0.995)
+    cmp.add_argument("--variant", default="div_s", choices=["div_s", "add_log_s", "logp"])
+    cmp.add_argument("--seed", type=int, default=0)
+    cmp.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    cmp.add_argument("--out", default=None, help="write the table rows as JSON here")
+    cmp.set_defaults(func=_compare)
     return parser
 
 

@@ -33,3 +33,17 @@ def test_fit_recommend_evaluate_round_trip(tmp_path, capsys):
     out = capsys.readouterr().out
     metrics = json.loads(out[out.index("{") :])
     assert 0 <= metrics["c_tv"] <= 1 and metrics["c_kl"] >= 0 and 1 <= metrics["mean_pop_rank"] <= 30
+
+
+def test_compare_prints_and_writes_the_rq2_table(tmp_path, capsys):
+    out = tmp_path / "rq2.json"
+    assert main(["compare", "--steps", "1", "--train-rows", "200", "--valid-rows", "4", "--test-rows", "6",
+                 "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    methods = [r["method"] for r in rows]
+    assert methods == ["popularity", "SASRec", "BIGRec (SFT)", "SFT T=1.5", "D3", "IFairLRS", "Flower", "R_u ceiling (div_s)"]
+    for r in rows:
+        assert 0 <= r["ndcg@10"] <= r["hit@10"] <= 1 and 0 <= r["mgu"] <= r["dgu"] <= 2
+        assert 10 <= r["coverage"] and r["invalid"] == 0
+    assert rows[0]["coverage"] == 10  # popularity: the same 10 items for every row
+    assert "BIGRec (SFT) |" in capsys.readouterr().out
