@@ -144,3 +144,46 @@ def test_mime_bundle_of_a_figure_does_not_display_it(catalog_bits):
     fig = make_panel(catalog_bits, with_prefs=False).figures()["target"]
     bundle = widgets._mime_bundle(fig)
     assert "application/vnd.plotly.v1+json" in bundle and "text/plain" in bundle
+
+
+def test_run_explorer_filters_cached_runs_and_measures_each(tmp_path):
+    from flower_lite import metrics
+
+    rng = np.random.default_rng(0)
+    target = rng.dirichlet(np.ones(30))
+    close, far = 0.9 * target + 0.1 / 30, rng.dirichlet(np.ones(30) * 0.2)
+    widgets.save_run(tmp_path, "flower θ=0.9", close, theta=0.9, variant="div_s")
+    widgets.save_run(tmp_path, "flower θ=0.995", far, theta=0.995, variant="div_s")
+    widgets.save_run(tmp_path, "logp", far, theta=0.995, variant="logp")
+    explorer = widgets.RunExplorer.from_folder(tmp_path, target)
+    assert set(explorer.filters) == {"theta", "variant"}
+    assert explorer.selected.value == ("flower θ=0.9", "flower θ=0.995", "logp")
+    assert len(explorer.figures()["distribution"].data) == 1 + 3  # the target and each run
+
+    explorer.filters["theta"].value = "0.995"  # moving a filter re-selects and redraws
+    assert explorer.selected.value == ("flower θ=0.995", "logp")
+    explorer.filters["variant"].value = "div_s"
+    assert explorer.selected.value == ("flower θ=0.995",)
+    assert [t.name for t in explorer.figures()["distribution"].data][1:] == ["flower θ=0.995"]
+    explorer.filters["theta"].value = explorer.ANY
+    rows = {r["run"]: r for r in explorer.table()}
+    assert set(rows) == {"flower θ=0.9", "flower θ=0.995"}
+    assert rows["flower θ=0.9"]["kl"] == pytest.approx(metrics.kl_divergence(target, close))
+    assert rows["flower θ=0.9"]["kl"] < rows["flower θ=0.995"]["kl"]  # the closer run measures closer
+    assert rows["flower θ=0.9"]["theta"] == 0.9 and rows["flower θ=0.9"]["coverage"] == 30
+    explorer.selected.value = ("flower θ=0.9",)  # picking runs by hand redraws too
+    assert [t.name for t in explorer.figures()["distribution"].data][1:] == ["flower θ=0.9"]
+
+
+def test_cached_runs_reject_bad_input(tmp_path):
+    with pytest.raises(ValueError, match="probabilities"):
+        widgets.save_run(tmp_path, "nan", [0.5, float("nan")])
+    with pytest.raises(ValueError, match="plain file name"):
+        widgets.save_run(tmp_path, "../escape", [1.0])
+    with pytest.raises(FileNotFoundError, match="no run folder"):
+        widgets.load_runs(tmp_path / "missing")
+    (tmp_path / "broken.json").write_text("{not json")
+    with pytest.raises(ValueError, match="corrupt run file .*broken.json"):
+        widgets.load_runs(tmp_path)
+    with pytest.raises(ValueError, match="titles"):
+        widgets.RunExplorer({"short": (np.ones(3) / 3, {})}, np.ones(4) / 4)
