@@ -139,7 +139,8 @@ def run_comparison(setup: RecSetup, new_model: Callable[[], torch.nn.Module], tr
 
 def rq2_table(data: str = "default", steps: int = 600, train_rows: int | None = None, valid_rows: int = 64,
               test_rows: int = 128, theta: float = 0.995, variant: str = "div_s", batch_size: int = 16,
-              seed: int = 0, threads: int | None = 1, progress: bool = True, trajectories: str = "offline") -> tuple[list[dict], dict[str, MethodResult]]:
+              seed: int = 0, threads: int | None = 1, progress: bool = True, trajectories: str = "offline",
+              pop_alpha: float = 1.0) -> tuple[list[dict], dict[str, MethodResult]]:
     """The RQ2 comparison of notebook 04 in one call (``flower-lite compare``): every method of
     :func:`run_comparison` and the reward-ranking ceiling, on the synthetic default (``data="default"``)
     or a shared Amazon category (``"Movies_and_TV"``, ...), with the tiny offline policy.
@@ -147,7 +148,8 @@ def rq2_table(data: str = "default", steps: int = 600, train_rows: int | None = 
     SASRec is trained on the kept train rows and selected on the whole validation split; the LLM methods
     train ``steps`` steps of ``batch_size`` rows (learning rate 1e-2, the tiny model's), are selected on
     ``valid_rows`` seeded validation rows and scored on ``test_rows`` seeded test rows; ``trajectories``:
-    Flower's GFlowNet trajectories (:class:`~flower_lite.train.TrainConfig`). Returns the
+    Flower's GFlowNet trajectories (:class:`~flower_lite.train.TrainConfig`); ``pop_alpha``: the exponent of
+    p_pop in the rewards (:class:`~flower_lite.recommend.RecommendConfig`). Returns the
     rows of :func:`~flower_lite.recommend.results_table` (hit/ndcg @1, 5, 10 and the exposure metrics)
     and the results by method.
     """
@@ -166,7 +168,8 @@ def rq2_table(data: str = "default", steps: int = 600, train_rows: int | None = 
     kept = rec.subsample(full, valid_rows=valid_rows, test_rows=test_rows, seed=seed)
     base, tok = make_tiny_model(kept.titles + rec.history_prompts(kept, "train", plural, singular)[:200],
                                 vocab_size=vocab, seed=seed)
-    config = rec.RecommendConfig(category=plural, singular=singular, ks=(1, 5, 10), num_threads=threads)
+    config = rec.RecommendConfig(category=plural, singular=singular, ks=(1, 5, 10), num_threads=threads,
+                                 pop_alpha=pop_alpha)
     setup = rec.prepare(kept, tok, sasrec_model, config)
     train = TrainConfig(lr=1e-2, batch_size=batch_size, max_steps=steps, eval_every=max(1, steps // 6),
                         warmup_steps=min(20, steps // 10), theta=theta, seed=seed, save_every=10**9,

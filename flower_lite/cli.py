@@ -62,7 +62,8 @@ def _compare(args: argparse.Namespace) -> int:
     from .baselines import rq2_table
 
     rows, _ = rq2_table(args.data, args.steps, args.train_rows, args.valid_rows, args.test_rows, args.theta,
-                        args.variant, seed=args.seed, threads=args.threads, trajectories=args.trajectories)
+                        args.variant, seed=args.seed, threads=args.threads, trajectories=args.trajectories,
+                        pop_alpha=args.pop_alpha)
     keys = list(rows[0])
     print(" | ".join(keys))
     for row in rows:
@@ -122,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--variant", default="div_s", choices=["div_s", "add_log_s", "logp"])
     cmp.add_argument("--trajectories", default="offline", choices=["offline", "on_policy", "mixed", "catalog"],
                      help="Flower's GFlowNet trajectories")
+    cmp.add_argument("--pop-alpha", type=float, default=1.0, help="p_pop ∝ (count + 1) ** alpha in the rewards (1: the paper)")
     cmp.add_argument("--seed", type=int, default=0)
     cmp.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     cmp.add_argument("--out", default=None, help="write the table rows as JSON here")

@@ -94,7 +94,8 @@ class RecommendConfig:
     """Settings shared by every method of one comparison.
 
     ``ks``: the K of hit@K / ndcg@K; when max(ks) > 10 the beam search keeps max(ks) beams and
-    returns as many titles (the paper's @20). ``pop_eps`` smooths p_pop(i) ∝ c(i) + eps.
+    returns as many titles (the paper's @20). ``pop_eps`` smooths p_pop(i) ∝ (c(i) + eps) ** pop_alpha;
+    ``pop_alpha`` = 1 (the paper) is the empirical popularity, below 1 a flatter one.
     ``n_groups``: popularity groups of DGU / MGU. ``max_title_tokens``: the longest title path
     (title tokens + T) the trie accepts (a small tokenizer may need more than 64). ``num_threads``: torch CPU threads while
     training and decoding (restored afterwards); None keeps the current setting.
@@ -104,6 +105,7 @@ class RecommendConfig:
     singular: str | None = None
     ks: tuple[int, ...] = (1, 3, 5, 10)
     pop_eps: float = 1.0
+    pop_alpha: float = 1.0
     n_groups: int = 8
     decode_batch_size: int = 16
     max_title_tokens: int = MAX_TITLE_TOKENS
@@ -129,7 +131,7 @@ class RecSetup:
     config: RecommendConfig
     prompts: dict[str, list[str]]
     counts: np.ndarray  # [N] item-level c(i) from the train histories
-    log_p_pop: Tensor  # [N] log p_pop(i) with p_pop ∝ c(i) + pop_eps
+    log_p_pop: Tensor  # [N] log p_pop(i) with p_pop ∝ (c(i) + pop_eps) ** pop_alpha
     sasrec: object | None = None
     preferences: Tensor | None = None
     offsets: dict[str, int] = field(default_factory=dict)
@@ -255,7 +257,8 @@ def prepare(data: NextItemData, tokenizer, sasrec=None, config: RecommendConfig 
     counts = data.train_history_counts()
     prompts = {s: history_prompts(data, s, config.category, config.singular) for s in ("train", "valid", "test")}
     trie = title_trie(tokenizer, data.titles, counts.astype(np.float64) + config.pop_eps, config.max_title_tokens)
-    setup = RecSetup(data, tokenizer, trie, config, prompts, counts, log_popularity(counts, config.pop_eps), sasrec)
+    log_p_pop = log_popularity(counts, config.pop_eps, config.pop_alpha)
+    setup = RecSetup(data, tokenizer, trie, config, prompts, counts, log_p_pop, sasrec)
     if sasrec is not None:
         with _threads(config.num_threads):
             setup.preferences = torch.cat([preference_rows(sasrec, data, "train"), preference_rows(sasrec, data, "valid")])

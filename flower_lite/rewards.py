@@ -46,9 +46,10 @@ def mix_uniform(rewards: np.ndarray, beta: float) -> np.ndarray:
     return (1.0 - beta) * r / r.sum() + beta / r.size
 
 
-def log_popularity(counts: np.ndarray | Tensor, eps: float = 0.0) -> Tensor:
-    """[num_items] log p_pop(i) = log (c(i) + eps) - log sum_j (c(j) + eps)."""
-    r = torch.as_tensor(popularity_rewards(counts, 1.0, eps))
+def log_popularity(counts: np.ndarray | Tensor, eps: float = 0.0, alpha: float = 1.0) -> Tensor:
+    """[num_items] log p_pop(i) = alpha log (c(i) + eps) - log sum_j (c(j) + eps) ** alpha
+    (alpha = 1: the empirical popularity; alpha < 1 flattens it toward uniform)."""
+    r = torch.as_tensor(popularity_rewards(counts, alpha, eps))
     return r.log() - r.sum().log()
 
 

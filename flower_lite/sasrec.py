@@ -128,7 +128,11 @@ class _Block(nn.Module):
 
 
 class SASRec(nn.Module):
-    """SASRec over ``num_items`` items (module docstring); padding id = ``num_items``."""
+    """SASRec over ``num_items`` items (module docstring); padding id = ``num_items``.
+
+    The initial weights are drawn from torch's global RNG (``train_sasrec`` seeds it with
+    ``config.seed``); seed it yourself when you build an untrained model directly.
+    """
 
     def __init__(self, num_items: int, config: SASRecConfig | None = None) -> None:
         super().__init__()

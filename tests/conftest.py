@@ -29,7 +29,9 @@ def next_item_setup():
 
     def make(train_rows: int, valid_rows: int, test_rows: int, seed: int, decode_batch_size: int):
         data = rec.subsample(full, train_rows=train_rows, valid_rows=valid_rows, test_rows=test_rows, seed=seed)
-        sasrec = SASRec(data.num_items, SASRecConfig(progress=False, seed=0)).eval()
+        with torch.random.fork_rng():  # SASRec's constructor draws from the global RNG: fix it here
+            torch.manual_seed(0)
+            sasrec = SASRec(data.num_items, SASRecConfig(progress=False, seed=0)).eval()
         prompts = rec.history_prompts(data, "train", "movies")
         _, tok = make_tiny_model(data.titles + prompts[:50], hidden_size=32)
         config = rec.RecommendConfig(category="movies", decode_batch_size=decode_batch_size)

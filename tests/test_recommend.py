@@ -92,7 +92,8 @@ def test_reward_fn_gives_exact_per_user_flows(setup, variant):
     log_r = rec.reward_fn(setup.preferences, setup.log_p_pop, variant)(keys)
     assert log_r.shape == (3, setup.data.num_items) and log_r.dtype == torch.float64
     torch.testing.assert_close(log_r, personalised_log_rewards(setup.preferences[keys], setup.log_p_pop, variant))
-    single = [i for i, t in enumerate(setup.data.titles) if setup.data.titles.count(t) == 1]
+    title_of = trie.item_title.numpy()  # items whose token path no other item shares
+    single = np.flatnonzero(np.bincount(title_of)[title_of] == 1).tolist()
     items = torch.tensor([single[0], single[len(single) // 2], single[-1]])
     traj = item_trajectories(trie, items)
     got = path_rewards(trie, traj.tokens, traj.lengths, log_r).log_r_path.sum(1)
@@ -163,3 +164,10 @@ def test_target_fit_is_a_finite_divergence_and_preference_subsets_match(setup):
     torch.testing.assert_close(sub, whole[[2, 0]])
     fit = rec.target_fit(setup, build_tiny_model(setup.tokenizer, hidden_size=32), "div_s", rows=2)
     assert set(fit) == {"kl", "kl_reverse"} and all(np.isfinite(v) and v >= 0 for v in fit.values())
+
+
+def test_pop_alpha_flattens_the_popularity_of_the_rewards(setup):
+    flat = rec.prepare(setup.data, setup.tokenizer, None, rec.RecommendConfig(category="movies", pop_alpha=0.5))
+    c = setup.counts.astype(np.float64) + setup.config.pop_eps
+    torch.testing.assert_close(flat.log_p_pop, torch.as_tensor(0.5 * np.log(c) - np.log(np.sqrt(c).sum())))
+    assert flat.log_p_pop.max() - flat.log_p_pop.min() < setup.log_p_pop.max() - setup.log_p_pop.min()

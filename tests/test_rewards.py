@@ -31,6 +31,9 @@ def test_popularity_exponent_and_uniform_mix():
     assert mix_uniform(COUNTS, 1.0).tolist() == [0.25] * 4
     assert mix_uniform(COUNTS, 0.0).tolist() == pytest.approx((COUNTS / 20).tolist())
     assert log_popularity(COUNTS).exp().sum().item() == pytest.approx(1.0)
+    flat = log_popularity(COUNTS, eps=1.0, alpha=0.5).exp()  # p_pop ∝ (c + 1) ** 0.5, flatter than alpha = 1
+    assert flat.tolist() == pytest.approx((np.sqrt(COUNTS + 1) / np.sqrt(COUNTS + 1).sum()).tolist())
+    assert log_popularity(COUNTS, alpha=0.0).exp().tolist() == pytest.approx([0.25] * 4)
     with pytest.raises(ValueError, match="counts"):
         popularity_rewards([1.0, -1.0])
     with pytest.raises(ValueError, match="beta"):
