@@ -114,8 +114,9 @@ def continue_prompts(model, prompts: dict[str, Tensor], first: PromptPass, trajs
     """
     device, n = prompts["input_ids"].device, len(trajs)
     width = max(t.tokens.shape[1] for t in trajs)
-    tokens = torch.cat([torch.nn.functional.pad(t.tokens.to(device), (0, width - t.tokens.shape[1])) for t in trajs])
-    mask = torch.cat([torch.nn.functional.pad(t.mask.to(device), (0, width - t.tokens.shape[1])) for t in trajs])
+    stacked = Trajectories(torch.cat([torch.nn.functional.pad(t.tokens.to(device), (0, width - t.tokens.shape[1]))
+                                      for t in trajs]), torch.cat([t.lengths.to(device) for t in trajs]))
+    tokens, mask = stacked.tokens, stacked.mask
     logits = first.logits.repeat(n, 1)[:, None]  # s_0 of every continuation
     if width:
         cache = _map_cache(first.cache, lambda x: x.repeat(n, 1, 1, 1))

@@ -292,7 +292,7 @@ class Trainer:
         if self.output_dir is not None:
             if acc.is_main_process:
                 self.output_dir.mkdir(parents=True, exist_ok=True)
-                _atomic_write_text(self.output_dir / "config.json", json.dumps(asdict(cfg), indent=2))
+                atomic_write_text(self.output_dir / "config.json", json.dumps(asdict(cfg), indent=2))
             if resume and (self.output_dir / "checkpoint.pt").exists():
                 self.load_checkpoint(self.output_dir / "checkpoint.pt")
         stopped = False
@@ -405,7 +405,8 @@ def _atomic_torch_save(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename: readers see the old or the new file."""
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
@@ -415,4 +416,4 @@ def _truncate_log(path: Path, step: int) -> None:
     """Drop log lines written after the checkpoint's step (they will be written again)."""
     if path.exists():
         kept = [x for x in path.read_text().splitlines() if x and json.loads(x).get("step", 0) <= step]
-        _atomic_write_text(path, "".join(k + "\n" for k in kept))
+        atomic_write_text(path, "".join(k + "\n" for k in kept))

@@ -358,7 +358,8 @@ def save_run(folder, name: str, q: Sequence[float], **settings) -> Path:
     """Cache a run's title distribution ``q`` (target order) with its settings (e.g. ``theta=0.995,
     n=1, variant="div_s"``) as ``<folder>/<name>.json``, written atomically; returns the path."""
     import json
-    import os
+
+    from .train import atomic_write_text
 
     if not name or name.startswith(".") or any(c in name for c in "/\\"):
         raise ValueError(f"run name {name!r} must be a plain file name (no '/', '\\', no leading '.')")
@@ -367,9 +368,8 @@ def save_run(folder, name: str, q: Sequence[float], **settings) -> Path:
         raise ValueError(f"run {name!r}: q must be a 1-D array of finite probabilities >= 0")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    path, tmp = folder / f"{name}.json", folder / f".{name}.json.tmp"
-    tmp.write_text(json.dumps({"name": name, "settings": settings, "q": q.tolist()}), encoding="utf-8")
-    os.replace(tmp, path)
+    path = folder / f"{name}.json"
+    atomic_write_text(path, json.dumps({"name": name, "settings": settings, "q": q.tolist()}))
     return path
 
 

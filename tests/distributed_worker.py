@@ -41,7 +41,7 @@ class RecordingTrainer(Trainer):
 
 def record_writes(written: list[str]) -> None:
     """Wrap the file writers of ``flower_lite.train`` so that this process notes every file it writes."""
-    save, write_text = train_module._atomic_torch_save, train_module._atomic_write_text
+    save, write_text = train_module._atomic_torch_save, train_module.atomic_write_text
 
     def torch_save(obj, path):
         written.append(Path(path).name)
@@ -56,7 +56,7 @@ def record_writes(written: list[str]) -> None:
             written.append(Path(path).name)
         return open(path, mode, *args, **kwargs)
 
-    train_module._atomic_torch_save, train_module._atomic_write_text = torch_save, text
+    train_module._atomic_torch_save, train_module.atomic_write_text = torch_save, text
     train_module.open = opener  # module globals shadow builtins
 
 
