@@ -37,7 +37,7 @@ from .sasrec import popularity_recommend
 from .train import TrainConfig
 
 __all__ = ["popularity", "sasrec", "bigrec", "sft_temperature", "d3", "ifairlrs_group_weights", "ifairlrs_weights",
-           "ifairlrs", "flower", "run_comparison", "rq2_table"]
+           "ifairlrs", "flower", "run_comparison", "reversed_popularity", "target_fit_comparison", "rq2_data", "rq2_setup", "rq2_table"]
 
 SFT_TEMPERATURE = 1.5
 D3_LENGTH_PENALTY = 0.0
@@ -137,44 +137,100 @@ def run_comparison(setup: RecSetup, new_model: Callable[[], torch.nn.Module], tr
     return out
 
 
-def rq2_table(data: str = "default", steps: int = 600, train_rows: int | None = None, valid_rows: int = 64,
-              test_rows: int = 128, theta: float = 0.995, variant: str = "div_s", batch_size: int = 16,
-              seed: int = 0, threads: int | None = 1, progress: bool = True, trajectories: str = "offline",
-              pop_alpha: float = 1.0) -> tuple[list[dict], dict[str, MethodResult]]:
-    """The RQ2 comparison of notebook 04 in one call (``flower-lite compare``): every method of
-    :func:`run_comparison` and the reward-ranking ceiling, on the synthetic default (``data="default"``)
-    or a shared Amazon category (``"Movies_and_TV"``, ...), with the tiny offline policy.
+def reversed_popularity(setup: RecSetup) -> RecSetup:
+    """The setup with ``log p_pop`` negated: a deliberately broken reward that rewards the tail most,
+    the control of :func:`target_fit_comparison` (SASRec's scores and everything else unchanged)."""
+    return replace(setup, log_p_pop=-setup.log_p_pop)
 
-    SASRec is trained on the kept train rows and selected on the whole validation split; the LLM methods
-    train ``steps`` steps of ``batch_size`` rows (learning rate 1e-2, the tiny model's), are selected on
-    ``valid_rows`` seeded validation rows and scored on ``test_rows`` seeded test rows; ``trajectories``:
-    Flower's GFlowNet trajectories (:class:`~flower_lite.train.TrainConfig`); ``pop_alpha``: the exponent of
-    p_pop in the rewards (:class:`~flower_lite.recommend.RecommendConfig`). Returns the
-    rows of :func:`~flower_lite.recommend.results_table` (hit/ndcg @1, 5, 10 and the exposure metrics)
-    and the results by method.
+
+def target_fit_comparison(setup: RecSetup, new_model: Callable[[], torch.nn.Module], trains: dict[str, TrainConfig],
+                          variant: str = "div_s", rows: int = 8, control: bool = True) -> dict[str, dict]:
+    """Does training move the policy toward Flower's per-user target P_u? :func:`~flower_lite.recommend.target_fit`
+    (KL(P_u || Q_u) and KL(Q_u || P_u) on the first ``rows`` test rows, P_u from the reward ``variant``) of the
+    initial weights and of each run in ``trains`` (name: config). With ``control``, every run whose method
+    is not ``sft`` is repeated on :func:`reversed_popularity` and measured against the *true* P_u: a
+    term that learns the reward moves toward P_u only with the right one."""
+    from .recommend import target_fit, train_model
+
+    out = {"initial weights": target_fit(setup, new_model(), variant, rows=rows)}
+    for name, train in trains.items():
+        runs = [(name, setup)] + ([(f"{name}, reversed popularity", reversed_popularity(setup))]
+                                  if control and train.method != "sft" else [])
+        for run_name, run_setup in runs:
+            model = train_model(run_setup, new_model(), train, variant).model
+            out[run_name] = target_fit(setup, model, variant, rows=rows)
+    return out
+
+
+def rq2_data(data: str = "default") -> tuple[NextItemData, str, str, int]:
+    """``(rows, plural, singular, vocab_size)`` of an RQ2 data set: the synthetic default (``"default"``)
+    or a shared Amazon category (``"Movies_and_TV"``, ...); ``vocab_size`` is the tiny tokenizer's."""
+    from .data import load_amazon, load_default_catalog, next_item_data_from_catalog
+    from .recommend import CATEGORY_NOUNS
+
+    if data == "default":
+        return next_item_data_from_catalog(load_default_catalog()), *CATEGORY_NOUNS["synthetic"], 512
+    return load_amazon(data), *CATEGORY_NOUNS[data], 2048
+
+
+def rq2_setup(data: str | NextItemData = "default", train_rows: int | None = None, valid_rows: int | None = 64,
+              test_rows: int | None = 128, seed: int = 0, sasrec_config=None, policy: Callable | None = None,
+              threads: int | None = 1, pop_alpha: float = 1.0,
+              decode_batch_size: int = 16) -> tuple[RecSetup, Callable[[], torch.nn.Module], list[dict]]:
+    """The shared construction of an RQ2 comparison (notebooks 04 and 05, ``flower-lite compare``).
+
+    Keeps the ``train_rows`` most recent train rows of ``data`` (a name for :func:`rq2_data`, or rows
+    with the synthetic category nouns), trains SASRec on them (``sasrec_config``; it is selected on the
+    whole validation split, cheap for SASRec), then keeps seeded subsets of ``valid_rows`` / ``test_rows``
+    rows for the LLM methods. ``policy(texts, vocab_size) -> (model, tokenizer)`` builds the initial
+    policy (default: the tiny offline model with a tokenizer trained on ``texts``, the titles and 200
+    history prompts). Returns ``(setup, new_model, sasrec_log)``: ``new_model()`` is a fresh copy of
+    the same initial weights on every call.
     """
     from . import recommend as rec
-    from .data import load_amazon, load_default_catalog, next_item_data_from_catalog
     from .models import make_tiny_model
     from .sasrec import SASRecConfig, train_sasrec
 
-    if data == "default":
-        full, (plural, singular), vocab = next_item_data_from_catalog(load_default_catalog()), rec.CATEGORY_NOUNS["synthetic"], 512
+    if isinstance(data, str):
+        full, plural, singular, vocab = rq2_data(data)
     else:
-        full, (plural, singular), vocab = load_amazon(data), rec.CATEGORY_NOUNS[data], 2048
+        (plural, singular), vocab = rec.CATEGORY_NOUNS["synthetic"], 512
+        full = data
     full = rec.subsample(full, train_rows=train_rows)
-    sasrec_model, _ = train_sasrec(full, SASRecConfig(batch_size=256, patience=10, max_epochs=100, progress=False,
-                                                      num_threads=threads, seed=seed))
+    sasrec_config = sasrec_config or SASRecConfig(batch_size=256, patience=10, max_epochs=100, progress=False,
+                                                  num_threads=threads, seed=seed)
+    sasrec_model, sasrec_log = train_sasrec(full, sasrec_config)
     kept = rec.subsample(full, valid_rows=valid_rows, test_rows=test_rows, seed=seed)
-    base, tok = make_tiny_model(kept.titles + rec.history_prompts(kept, "train", plural, singular)[:200],
-                                vocab_size=vocab, seed=seed)
-    config = rec.RecommendConfig(category=plural, singular=singular, ks=(1, 5, 10), num_threads=threads,
-                                 pop_alpha=pop_alpha)
-    setup = rec.prepare(kept, tok, sasrec_model, config)
+    texts = kept.titles + rec.history_prompts(kept, "train", plural, singular)[:200]
+    base, tok = policy(texts, vocab) if policy is not None else make_tiny_model(texts, vocab_size=vocab, seed=seed)
+    config = rec.RecommendConfig(category=plural, singular=singular, num_threads=threads,
+                                 pop_alpha=pop_alpha, decode_batch_size=decode_batch_size)
+    setup = rec.prepare(kept, tok, sasrec_model.cpu(), config)
+    return setup, lambda: rec.copy_model(base), sasrec_log
+
+
+def rq2_table(data: str = "default", steps: int = 600, train_rows: int | None = None, valid_rows: int = 64,
+              test_rows: int = 128, theta: float = 0.995, variant: str = "div_s", batch_size: int = 16,
+              seed: int = 0, threads: int | None = 1, progress: bool = True, trajectories: str = "offline",
+              pop_alpha: float = 1.0, loss: str = "subtb") -> tuple[list[dict], dict[str, MethodResult]]:
+    """The RQ2 comparison of notebook 04 in one call (``flower-lite compare``): every method of
+    :func:`run_comparison` and the reward-ranking ceiling, on :func:`rq2_setup` with the tiny offline
+    policy.
+
+    The LLM methods train ``steps`` steps of ``batch_size`` rows (learning rate 1e-2, the tiny model's),
+    are selected on ``valid_rows`` seeded validation rows and scored on ``test_rows`` seeded test rows;
+    ``trajectories``: Flower's GFlowNet trajectories (:class:`~flower_lite.train.TrainConfig`);
+    ``pop_alpha``: the exponent of p_pop in the rewards (:class:`~flower_lite.recommend.RecommendConfig`);
+    ``loss``: Flower's GFlowNet term (``TrainConfig.loss``). Returns the rows of :func:`~flower_lite.recommend.results_table` (hit/ndcg @1, 5, 10 and the exposure
+    metrics) and the results by method.
+    """
+    from . import recommend as rec
+
+    setup, new_model, _ = rq2_setup(data, train_rows, valid_rows, test_rows, seed, threads=threads, pop_alpha=pop_alpha)
     train = TrainConfig(lr=1e-2, batch_size=batch_size, max_steps=steps, eval_every=max(1, steps // 6),
                         warmup_steps=min(20, steps // 10), theta=theta, seed=seed, save_every=10**9,
-                        trajectories=trajectories)
-    results = run_comparison(setup, lambda: rec.copy_model(base), train, variant, progress=progress)
+                        trajectories=trajectories, loss=loss)
+    results = run_comparison(setup, new_model, train, variant, progress=progress)
     ceiling = f"R_u ceiling ({variant})"
     results[ceiling] = rec.reward_ranking(ceiling, setup, variant)
     return rec.results_table(results.values(), ks=(1, 5, 10)), results

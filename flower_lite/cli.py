@@ -63,7 +63,7 @@ def _compare(args: argparse.Namespace) -> int:
 
     rows, _ = rq2_table(args.data, args.steps, args.train_rows, args.valid_rows, args.test_rows, args.theta,
                         args.variant, seed=args.seed, threads=args.threads, trajectories=args.trajectories,
-                        pop_alpha=args.pop_alpha)
+                        pop_alpha=args.pop_alpha, loss=args.loss)
     keys = list(rows[0])
     print(" | ".join(keys))
     for row in rows:
@@ -123,6 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--variant", default="div_s", choices=["div_s", "add_log_s", "logp"])
     cmp.add_argument("--trajectories", default="offline", choices=["offline", "on_policy", "mixed", "catalog"],
                      help="Flower's GFlowNet trajectories")
+    cmp.add_argument("--loss", default="subtb", choices=["subtb", "db", "tb"],
+                     help="Flower's GFlowNet term (subtb: the paper's; db: detailed balance on the exact flows)")
     cmp.add_argument("--pop-alpha", type=float, default=1.0, help="p_pop ∝ (count + 1) ** alpha in the rewards (1: the paper)")
     cmp.add_argument("--seed", type=int, default=0)
     cmp.add_argument("--threads", type=int, default=1, help="torch CPU threads")

@@ -238,19 +238,19 @@ def load_causal_lm(
     if gradient_checkpointing:
         enable_gradient_checkpointing(model)
     if lora is not None:
-        from peft import LoraConfig, get_peft_model
-
-        model = get_peft_model(
-            model,
-            LoraConfig(
-                r=lora.r,
-                lora_alpha=lora.alpha,
-                lora_dropout=lora.dropout,
-                target_modules=list(lora.target_modules),
-                task_type="CAUSAL_LM",
-            ),
-        )
+        model = apply_lora(model, lora)
     return model.eval(), tokenizer
+
+
+def apply_lora(model, lora: LoraSettings | None = None):
+    """``model`` wrapped with peft LoRA adapters (``lora``, default :class:`LoraSettings`): only the
+    adapters are trainable, the base weights stay frozen in their dtype."""
+    from peft import LoraConfig, get_peft_model
+
+    lora = lora or LoraSettings()
+    config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                        target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
+    return get_peft_model(model, config)
 
 
 def enable_gradient_checkpointing(model) -> None:

@@ -177,9 +177,9 @@ def path_rewards(
         log_flow, log_stop_flow = trie.log_flows_at(nodes), trie.log_flows_at(stop_nodes)
         log_z = torch.full((tokens.shape[0], 1), trie.log_z, dtype=torch.float64, device=tokens.device)
     else:
-        log_flow = trie.batch_log_flows(log_rewards, nodes)
-        log_stop_flow = trie.batch_log_flows(log_rewards, stop_nodes)
-        log_z = trie.batch_log_flows(log_rewards, torch.zeros_like(nodes[:, :1]))
+        width = nodes.shape[1]  # one range-sum pass for the states, their stop children and the root
+        flows = trie.batch_log_flows(log_rewards, torch.cat([nodes, stop_nodes, torch.zeros_like(nodes[:, :1])], dim=1))
+        log_flow, log_stop_flow, log_z = flows[:, :width], flows[:, width : 2 * width], flows[:, 2 * width :]
     log_flow, log_stop_flow = log_flow.to(tokens.device), log_stop_flow.to(tokens.device)
     log_z = log_z.to(tokens.device)
     neg_inf = torch.full_like(log_flow, -math.inf)

@@ -11,8 +11,9 @@ Layout (all ``torch.int64`` / ``float64`` tensors, no Python objects per node):
   node are a contiguous id range ``[child_lo[n], child_hi[n])`` sorted by token, and the edge keys
   ``parent * K + token`` are strictly increasing, so ``child(node, token)`` is one ``searchsorted``.
 * Items are ordered depth-first (lexicographically by path, ties by item id). Every node covers the
-  contiguous item range ``[lo, hi)``, so ``F(s) = C[hi] - C[lo]`` with ``C`` the cumulative sum of
-  R in that order: flows for a batch of reward vectors (per-user rewards) are a cumsum and a gather.
+  contiguous item range ``[lo, hi)``, so ``F(s)`` is a range sum of R in that order: flows for a batch
+  of reward vectors (per-user rewards) are range sums over one segment tree per row (``range_sums``;
+  ``C[hi] - C[lo]`` of a cumulative sum would lose small flows to cancellation).
 
 Duplicate titles (several items, one token path) share one path and one terminal node: the
 terminal's flow is the sum of their rewards, a policy that writes the title has written all of them,
@@ -325,18 +326,17 @@ class Trie:
     def batch_log_flows(self, log_rewards: Tensor, nodes: Tensor) -> Tensor:
         """Per-user flows: ``log F_u(s)`` for rewards ``log R_u`` [batch, num_items] at nodes [batch, S].
 
-        One cumsum over items in depth-first order and one gather of ``C[hi] - C[lo]``, in float64
-        after subtracting each row's max, so it is exact up to rounding of order 1e-16 * Z_u: a node
-        whose flow is below about 1e-12 of the row's total loses relative precision.
-        Returns [batch, S] float64; -inf at node -1 and where the flow is 0.
+        ``F_u(s)`` is the sum of ``R_u`` over the node's depth-first item range ``[lo, hi)``
+        (:func:`range_sums`: sums of non-negative terms only, so every flow, however small against
+        ``Z_u``, has a relative error of order log2(num_items) float64 roundings), in float64 after
+        subtracting each row's max. Returns [batch, S] float64; -inf at node -1 and where the flow is 0.
         """
         s = self.structure
         log_rewards = log_rewards.to(torch.float64)
         shift = log_rewards.max(dim=1, keepdim=True).values
         r = (log_rewards - shift).exp()[:, s.item_order.to(log_rewards.device)]
-        c = torch.nn.functional.pad(torch.cumsum(r, dim=1), (1, 0))
         safe = nodes.clamp_min(0).to(log_rewards.device)
-        flow = (c.gather(1, s.hi[safe]) - c.gather(1, s.lo[safe])).clamp_min(0)
+        flow = range_sums(r, s.lo[safe], s.hi[safe])
         return torch.where(nodes >= 0, flow.log() + shift, torch.full_like(flow, -math.inf))
 
     # ------------------------------------------------------------------ single-path conveniences
@@ -391,3 +391,34 @@ def chunk_boundaries(lengths: Tensor, num_states: int, n: int) -> Tensor:
         raise ValueError(f"granularity n must be >= 1, got {n}")
     t = torch.arange(num_states, device=lengths.device)
     return ((t % n == 0) & (t[None, :] <= lengths[:, None])) | (t[None, :] == lengths[:, None])
+
+
+def range_sums(values: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
+    """``sum(values[b, lo[b, q] : hi[b, q]])`` for non-negative ``values`` [batch, n] and index
+    tensors ``lo``, ``hi`` [batch, Q] (0 <= lo <= hi <= n).
+
+    A bottom-up segment tree per row (``tree[i] = tree[2i] + tree[2i + 1]``, leaves at ``[n, 2n)``,
+    any n): a range is the sum of at most 2 log2(n) tree nodes, every one a sum of non-negative
+    terms. Unlike differences of a cumulative sum, ``C[hi] - C[lo]``, which lose the relative
+    precision of a range whose sum is small against the row's total (a tail item's reward against
+    ``Z``), the result has a relative error of order log2(n) roundings. Cost: one pass to build (2n
+    values per row), then 2 log2(n) gathers of [batch, Q].
+    """
+    batch, n = values.shape
+    tree = values.new_zeros(batch, 2 * n)
+    tree[:, n:] = values
+    end = n
+    while end > 1:  # parents [start, end) of children [2 start, 2 end), all already built
+        start = (end + 1) // 2
+        tree[:, start:end] = tree[:, 2 * start : 2 * end : 2] + tree[:, 2 * start + 1 : 2 * end : 2]
+        end = start
+    left, right = lo + n, hi + n
+    total = values.new_zeros(lo.shape)
+    for _ in range((2 * n).bit_length()):  # climb one level per step while left < right
+        active = left < right
+        odd_left, odd_right = active & (left % 2 == 1), active & (right % 2 == 1)
+        right = right - odd_right.long()
+        total += torch.where(odd_left, tree.gather(1, left.clamp(max=2 * n - 1)), 0.0)
+        total += torch.where(odd_right, tree.gather(1, right.clamp(max=2 * n - 1)), 0.0)
+        left, right = (left + odd_left.long()) // 2, right // 2
+    return total

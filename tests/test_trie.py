@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from flower_lite import trie as trie_module
-from flower_lite.trie import Trie, chunk_boundaries
+from flower_lite.trie import Trie, chunk_boundaries, range_sums
 
 EOS = 0
 
@@ -148,6 +148,34 @@ def test_depth_first_ranges_give_per_user_flows():
         exact = trie.reweight(log_rewards[u].exp()).log_flow
         torch.testing.assert_close(batched[u], exact, rtol=1e-10, atol=1e-10)
     assert trie.batch_log_flows(log_rewards, torch.full((3, 2), -1))[0, 0] == -math.inf
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 7, 16, 33, 100])
+def test_range_sums_equal_exact_sums_over_a_huge_dynamic_range(n):
+    """Every range [lo, hi) of non-negative values spread over 300 orders of magnitude: the segment
+    tree's sum equals the correctly rounded sum (math.fsum) to a few roundings, empty ranges give 0."""
+    rng = np.random.default_rng(n)
+    values = 10.0 ** rng.uniform(-300, 0, size=(2, n)) * (rng.random((2, n)) > 0.1)
+    lo, hi = np.triu_indices(n + 1)  # every 0 <= lo <= hi <= n
+    got = range_sums(torch.as_tensor(values), torch.as_tensor(lo).expand(2, -1), torch.as_tensor(hi).expand(2, -1))
+    want = np.array([[math.fsum(values[b, i:j]) for i, j in zip(lo, hi)] for b in range(2)])
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-14, atol=0)
+    assert (got.numpy()[:, lo == hi] == 0).all()
+
+
+def test_per_user_flows_keep_the_relative_precision_of_tiny_flows():
+    """A tail item with a reward 1e-30 of the others (last in depth-first order, where a cumulative
+    sum's difference C[hi] - C[lo] would cancel to 0) gets its exact log flow, as bottom-up sums do."""
+    seqs = [[1, 2], [1, 3], [2, 4], [3, 5, 6]]
+    trie = Trie.from_sequences(seqs, np.ones(4), eos_id=EOS)
+    log_rewards = torch.tensor([[0.0, 1.0, 2.0, math.log(1e-30)], [math.log(1e-200), 0.0, 0.0, 0.0]], dtype=torch.float64)
+    nodes = torch.arange(trie.num_nodes).expand(2, -1)
+    batched = trie.batch_log_flows(log_rewards, nodes)
+    for u in range(2):
+        exact = trie.reweight(log_rewards[u].exp()).log_flow
+        torch.testing.assert_close(batched[u], exact, rtol=1e-14, atol=1e-12)
+    tail = trie.terminal_nodes[trie.item_title[3]]
+    assert batched[0, tail] == pytest.approx(math.log(1e-30), abs=1e-12)
 
 
 def test_reweight_shares_structure():

