@@ -94,6 +94,22 @@ def test_subtb_zero_at_stop_anywhere_optimum(trie, granularity, normalisation):
     torch.testing.assert_close(q / q.sum(), trie.title_log_probs().exp())
 
 
+def test_subtb_with_per_user_flows_is_zero_at_that_users_optimum(trie):
+    """Per-user rewards (``path_rewards`` with a [batch, N] log R_u, the RQ2 path) give the same stop
+    rewards as a trie re-weighted by R_u: the loss is 0 at user u's stop-anywhere optimum, > 0 at another's."""
+    tokens, lengths = batch([[1, 2], [1, 2, 3, 6, 7], [5], [1], [1, 2, 3, 6]])
+    log_r = torch.tensor([[5.0, 1.0, 0.5, 2.0, 9.0, 1.0, 3.0], [0.1, 4.0, 2.0, 0.2, 1.0, 6.0, 0.3]], dtype=torch.float64).log()
+
+    def loss(user, policy_user):
+        rewards = path_rewards(trie, tokens, lengths, log_r[user].expand(len(lengths), -1), penalty=-15.0)
+        policy = stop_anywhere_optimum(trie.reweight(log_r[policy_user].exp()), penalty=-15.0)
+        action, stop = policy.path_log_probs(tokens, lengths)
+        return losses.subtrajectory_balance_loss(action, stop, rewards.log_stop_reward, lengths).item()
+
+    assert loss(0, 0) == pytest.approx(0.0, abs=1e-18) and loss(1, 1) == pytest.approx(0.0, abs=1e-18)
+    assert loss(0, 1) > 1e-3 and loss(1, 0) > 1e-3
+
+
 def naive_subtb(action, stop, log_r, lengths, lam, n, normalisation):
     """Direct transcription of METHOD.md: sum over pairs i<j of supervised states of lam^(gap) (sum delta)^2."""
     total, count, per_seq = 0.0, 0, []
