@@ -37,7 +37,8 @@ from .sasrec import popularity_recommend
 from .train import TrainConfig
 
 __all__ = ["popularity", "sasrec", "bigrec", "sft_temperature", "d3", "ifairlrs_group_weights", "ifairlrs_weights",
-           "ifairlrs", "flower", "run_comparison", "reversed_popularity", "target_fit_comparison", "rq2_data", "rq2_setup", "rq2_table"]
+           "ifairlrs", "flower", "run_comparison", "reversed_popularity", "target_fit_comparison", "rq2_data",
+           "rq2_setup", "rq2_table"]
 
 SFT_TEMPERATURE = 1.5
 D3_LENGTH_PENALTY = 0.0
@@ -177,7 +178,7 @@ def rq2_setup(data: str | NextItemData = "default", train_rows: int | None = Non
               test_rows: int | None = 128, seed: int = 0, sasrec_config=None, policy: Callable | None = None,
               threads: int | None = 1, pop_alpha: float = 1.0,
               decode_batch_size: int = 16) -> tuple[RecSetup, Callable[[], torch.nn.Module], list[dict]]:
-    """The shared construction of an RQ2 comparison (notebooks 04 and 05, ``flower-lite compare``).
+    """The shared construction of an RQ2 comparison (notebook 04, ``flower-lite compare``, ``results/target_fit.py``).
 
     Keeps the ``train_rows`` most recent train rows of ``data`` (a name for :func:`rq2_data`, or rows
     with the synthetic category nouns), trains SASRec on them (``sasrec_config``; it is selected on the
@@ -221,8 +222,9 @@ def rq2_table(data: str = "default", steps: int = 600, train_rows: int | None = 
     are selected on ``valid_rows`` seeded validation rows and scored on ``test_rows`` seeded test rows;
     ``trajectories``: Flower's GFlowNet trajectories (:class:`~flower_lite.train.TrainConfig`);
     ``pop_alpha``: the exponent of p_pop in the rewards (:class:`~flower_lite.recommend.RecommendConfig`);
-    ``loss``: Flower's GFlowNet term (``TrainConfig.loss``). Returns the rows of :func:`~flower_lite.recommend.results_table` (hit/ndcg @1, 5, 10 and the exposure
-    metrics) and the results by method.
+    ``loss``: Flower's GFlowNet term (``TrainConfig.loss``). Returns the rows of
+    :func:`~flower_lite.recommend.results_table` (hit/ndcg @1, 5, 10 and the exposure metrics) and the
+    results by method.
     """
     from . import recommend as rec
 
