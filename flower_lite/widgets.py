@@ -16,6 +16,7 @@ the figures are still recomputed, so the panels can be driven by setting widget 
 """
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
@@ -357,8 +358,6 @@ class TrainPanel:
 def save_run(folder, name: str, q: Sequence[float], **settings) -> Path:
     """Cache a run's title distribution ``q`` (target order) with its settings (e.g. ``theta=0.995,
     n=1, variant="div_s"``) as ``<folder>/<name>.json``, written atomically; returns the path."""
-    import json
-
     from .train import atomic_write_text
 
     if not name or name.startswith(".") or any(c in name for c in "/\\"):
@@ -375,8 +374,6 @@ def save_run(folder, name: str, q: Sequence[float], **settings) -> Path:
 
 def load_runs(folder) -> dict[str, tuple[np.ndarray, dict]]:
     """Every run cached by :func:`save_run` in ``folder``: ``{name: (q, settings)}``, sorted by name."""
-    import json
-
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"no run folder at {folder}")
