@@ -1,4 +1,4 @@
-"""Throughput of the exact item distribution of an LLM (``decoding.exact_item_distribution``) and its scaling.
+"""Throughput of the exact item distribution of an LLM (``distributions.exact_item_distribution``) and its scaling.
 
 Every title (then T) is teacher-forced after one fixed prompt, in batches of ``--batch-size`` titles
 (METHOD.md section 6: the exact distribution replaces sampling for KL on small catalogues). Catalogues of
@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from flower_lite.data import make_synthetic_catalog
-from flower_lite.decoding import exact_item_distribution
+from flower_lite.distributions import exact_item_distribution
 from flower_lite.models import make_tiny_model
 from flower_lite.prompts import build_prompt, title_trie
 

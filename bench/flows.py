@@ -1,4 +1,4 @@
-"""Per-user flows: exact range sums (``trie.range_sums``) against the cumulative-sum difference they replace.
+"""Per-user flows: exact range sums (``range_sums.range_sums``) against the cumulative-sum difference they replace.
 
 ``Trie.batch_log_flows`` sums each user's rewards over a node's depth-first item range. ``C[hi] - C[lo]``
 of a cumulative sum is one cumsum and two gathers, but a range whose sum is small against the row's total
@@ -22,7 +22,7 @@ import time
 import numpy as np
 import torch
 
-from flower_lite.trie import range_sums
+from flower_lite.range_sums import range_sums
 
 
 def cumsum_difference(values: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:

@@ -73,15 +73,21 @@ class TensorMemoryMeter(TorchDispatchMode):
         return out
 
 
-def train_rows(rows: int):
-    """(the ``rows`` most recent train rows of notebook 05's data, plural and singular category nouns)."""
-    from flower_lite import baselines
-    from flower_lite import recommend as rec
+def rq2_setup(rows: int):
+    """Notebook 05's set-up (``experiments.rq2.rq2_setup``) on the ``rows`` most recent train rows: Movies & TV
+    when the shared data is present, else the default data; SmolLM2's tokenizer (or a BPE trained on the
+    titles and prompts); an untrained SASRec (the preferences do not change the memory of a step)."""
     from flower_lite.data import shared_amazon_dir
+    from flower_lite.experiments import rq2
+    from flower_lite.models import build_tiny_tokenizer
+    from flower_lite.sasrec import SASRecConfig
 
     name = "Movies_and_TV" if shared_amazon_dir("Movies_and_TV") is not None else "default"
-    full, plural, singular, _ = baselines.rq2_data(name)
-    return rec.subsample(full, train_rows=rows), plural, singular
+    tok = smollm2_tokenizer()
+    policy = lambda texts, vocab: (None, tok or build_tiny_tokenizer(texts, vocab_size=8192))  # noqa: E731
+    setup, _, _ = rq2.rq2_setup(name, train_rows=rows, valid_rows=8, test_rows=8, policy=policy, prompt_texts=rows,
+                                sasrec_config=SASRecConfig(max_epochs=0, progress=False))
+    return setup
 
 
 def smollm2_tokenizer():
@@ -96,26 +102,22 @@ def smollm2_tokenizer():
 
 
 def measure(finetune: str, batch: int, rows: int) -> dict:
-    from flower_lite import recommend as rec
-    from flower_lite.models import apply_lora, build_tiny_tokenizer, enable_gradient_checkpointing, random_qwen2_5_0_5b
+    from flower_lite.config import Objective
+    from flower_lite.models import apply_lora, enable_gradient_checkpointing, random_qwen2_5_0_5b
     from flower_lite.train import TrainConfig, Trainer
 
-    data, plural, singular = train_rows(rows)
-    tok = smollm2_tokenizer() or build_tiny_tokenizer(data.titles + rec.history_prompts(data, "train", plural, singular),
-                                                      vocab_size=8192)
-    setup = rec.prepare(data, tok, None, rec.RecommendConfig(category=plural, singular=singular))
-    train = setup.fit_data("train")
+    setup = rq2_setup(rows)
+    tok, train = setup.tokenizer, setup.fit_data("train")
     lengths = [len(tok(p)["input_ids"]) for p in train.prompts]
     meter = TensorMemoryMeter()
     with meter:
         if finetune == "lora":
             model = apply_lora(random_qwen2_5_0_5b(dtype=torch.bfloat16))
-            config = TrainConfig(lr=3e-4, batch_size=batch, max_steps=10, warmup_steps=0, save_every=10**9)
+            config = TrainConfig(lr=3e-4, batch_size=batch, max_steps=10, warmup_steps=0)
         else:
             model = random_qwen2_5_0_5b(dtype=torch.float32)
             enable_gradient_checkpointing(model)
-            config = TrainConfig(lr=2e-5, batch_size=batch, max_steps=10, warmup_steps=0, save_every=10**9,
-                                 mixed_precision="bf16")
+            config = TrainConfig(lr=2e-5, batch_size=batch, max_steps=10, warmup_steps=0, mixed_precision="bf16")
         meter.add(list(model.parameters()) + list(model.buffers()))  # already counted unless made outside an operator
         trainer = Trainer(model, setup.tokenizer, setup.trie, config, train, progress=False)
         out = {"finetune": finetune, "batch": batch, "prompt_tokens_min_max": [min(lengths), max(lengths)],
@@ -123,8 +125,9 @@ def measure(finetune: str, batch: int, rows: int) -> dict:
         meter.reset_peak()
         out["weights_gib"] = round(meter.current / GIB, 3)
         trainer.train_step()  # warm-up: AdamW's states exist from here on
-        modes = {"sft": replace(config, method="sft"), "flower_tf": replace(config, method="flower"),
-                 "flower_op": replace(config, method="flower", trajectories="on_policy")}
+        flower = Objective("subtb", theta=0.995)
+        modes = {"sft": replace(config, objective=Objective("sft")), "flower_tf": replace(config, objective=flower),
+                 "flower_op": replace(config, objective=flower, trajectories="on_policy")}
         for mode, cfg in modes.items():
             trainer.config = cfg
             meter.reset_peak()

@@ -37,11 +37,14 @@ from dataclasses import replace
 import numpy as np
 import torch
 
+from flower_lite.config import Objective
 from flower_lite.data import make_synthetic_catalog
 from flower_lite.models import DTYPES, build_tiny_model, build_tiny_tokenizer, random_qwen2_5_0_5b
 from flower_lite.prompts import build_prompt, title_trie
 from flower_lite.rewards import popularity_rewards
 from flower_lite.train import FitData, TrainConfig, Trainer, batch_indices
+
+FLOWER = Objective("subtb", theta=0.995)
 
 MODES = ("sft", "flower_tf", "flower_op")
 INSTRUCTION = "Given a list of movies the user recently enjoyed, write a new movie the user may like"
@@ -88,15 +91,15 @@ def build_setup(model_kind: str = "tiny", n_items: int = 1000, device: str = "cp
 
 def mode_configs(base: TrainConfig) -> dict[str, TrainConfig]:
     return {
-        "sft": replace(base, method="sft", trajectories="offline"),
-        "flower_tf": replace(base, method="flower", trajectories="offline"),
-        "flower_op": replace(base, method="flower", trajectories="on_policy"),
+        "sft": replace(base, objective=Objective("sft"), trajectories="offline"),
+        "flower_tf": replace(base, objective=FLOWER, trajectories="offline"),
+        "flower_op": replace(base, objective=FLOWER, trajectories="on_policy"),
     }
 
 
 def base_config(batch: int, **kw) -> TrainConfig:
     """lr = 0 (model and samples fixed across repetitions), constant schedule, no warm-up, theta = 0.995."""
-    return TrainConfig(method="flower", theta=0.995, lr=0.0, warmup_steps=0, schedule="constant", batch_size=batch,
+    return TrainConfig(objective=FLOWER, lr=0.0, warmup_steps=0, schedule="constant", batch_size=batch,
                        grad_accum=1, max_steps=10**9, **kw)
 
 

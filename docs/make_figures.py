@@ -1,12 +1,11 @@
 """Regenerate the README's figures (docs/figures/*.png) from the library: ``python docs/make_figures.py``.
 
 The figures are ``flower_lite.viz`` figures of the embedded default catalogue, fitted exactly as the
-main job (``flower-lite demo``, ``flower_lite.demo``) fits it: SFT on a sample of 1000 titles, and
+main job (``flower-lite demo``, ``flower_lite.experiments.demo``) fits it: SFT on a sample of 1000 titles, and
 TB, DB and Flower on the exact flows, 300 steps each (about a minute on CPU).
 
 PNG export is kaleido's, which drives a Chrome/Chromium: ``$BROWSER_PATH``, by default Debian's
-``/usr/bin/chromium`` when it exists (``apt-get install chromium``). The trie's end token "⏹" needs
-a font that has it, e.g. ``apt-get install fonts-symbola``. The script fails rather than write the
+``/usr/bin/chromium`` when it exists (``apt-get install chromium``). The script fails rather than write the
 HTML that ``viz.save_png`` falls back to without a browser.
 """
 from __future__ import annotations
@@ -22,7 +21,7 @@ if not os.environ.get("BROWSER_PATH") and os.path.exists(DEFAULT_CHROMIUM):
     os.environ["BROWSER_PATH"] = DEFAULT_CHROMIUM  # read by kaleido (choreographer) when it starts Chromium
 
 from flower_lite import viz  # noqa: E402
-from flower_lite.demo import default_trie, demo_configs  # noqa: E402
+from flower_lite.experiments.demo import default_trie, demo_configs  # noqa: E402
 from flower_lite.toy import compare_methods  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "figures"
@@ -41,12 +40,12 @@ def figures(steps: int, sample_size: int, seed: int) -> dict:
                                        title="Title trie of the default catalogue: box size = flow F(s), "
                                              "colour = log r(a|s)"),
         "distributions": viz.distribution_figure(
-            target, {"SFT": q["sft"], "Flower": q["flower"]},
+            target, {"SFT": q["sft"], "Flower": q["subtb"]},
             title=f"Target P vs SFT and Flower (tabular policy, {steps} steps; SFT sees {sample_size} sampled titles)"),
         "training_curves": viz.training_curves_figure(
             {name: run.history for name, run in runs.items()}, keys=("kl", "tv"),
             title="Training curves: exact KL(P || Q) and total variation of the fitted title distribution"),
-        "lorenz": viz.lorenz_figure({"target P": target, "SFT": q["sft"], "Flower": q["flower"]},
+        "lorenz": viz.lorenz_figure({"target P": target, "SFT": q["sft"], "Flower": q["subtb"]},
                                     title="Exposure inequality: Lorenz curves of the title distributions"),
     }
 

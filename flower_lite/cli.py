@@ -1,31 +1,107 @@
-"""Command line: ``flower-lite demo | fit | recommend | evaluate | compare`` (also ``python -m flower_lite ...``)."""
+"""Command line: ``flower-lite demo | fit | recommend | evaluate | compare`` (also ``python -m flower_lite ...``).
+
+The options of ``fit`` and ``compare`` are built from the dataclasses of :mod:`flower_lite.config`
+(their help, choices and bounds); their defaults are the recipes' (``experiments.rq1.rq1_config``,
+``experiments.rq2.rq2_config``). Building the parser imports no torch. Every user error ends in one line,
+``flower-lite: error: ...`` and exit code 2 (``--debug`` shows the traceback).
+"""
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import typing
+from dataclasses import fields, is_dataclass, replace
+
+from . import __version__
+from .config import RQ2_METHODS, RewardSpec, RQ1Run, TrainConfig
+
+PROG = "flower-lite"
+TRAIN_OPTIONS = ("trajectories", "temperature", "lr", "log_z_lr", "weight_decay", "warmup_steps", "schedule",
+                 "batch_size", "max_steps", "eval_every", "save_every", "max_grad_norm", "mixed_precision")
+ALIASES = {"max_steps": ("--steps",)}
 
 
+class UserError(Exception):
+    """A mistake of the user's, reported in one line."""
+
+
+# ---------------------------------------------------------------------------- options from dataclasses
+def _number(kind: type, meta: dict):
+    """An argparse type for int / float fields that checks ``minimum`` / ``maximum`` of the field."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'a whole number' if kind is int else 'a number'}, got {text!r}")
+        if "minimum" in meta and value < meta["minimum"]:
+            raise argparse.ArgumentTypeError(f"must be >= {meta['minimum']}, got {text}")
+        if "maximum" in meta and value > meta["maximum"]:
+            raise argparse.ArgumentTypeError(f"must be <= {meta['maximum']}, got {text}")
+        return value
+    return parse
+
+
+def add_fields(parser: argparse.ArgumentParser, instance, names=None, dest_prefix: str = "", notes=None) -> None:
+    """One option per field of the dataclass ``instance`` (``names``: only these, in this order). The help
+    shows the field's help and the instance's value as the default; an option the user does not give is
+    left out of the parsed namespace (the recipe's value then applies)."""
+    hints = typing.get_type_hints(type(instance))
+    by_name = {f.name: f for f in fields(instance)}
+    for name in names or [f.name for f in fields(instance) if not is_dataclass(hints[f.name])]:
+        f, kind = by_name[name], hints[name]
+        meta, default = dict(f.metadata), getattr(instance, name)
+        base = next((t for t in typing.get_args(kind) if t is not type(None)), kind)  # int | None -> int
+        shown = (notes or {}).get(name, default)
+        kwargs = dict(dest=dest_prefix + name, default=argparse.SUPPRESS,
+                      help=f"{meta.get('help', '')} (default: {shown})")
+        if base is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif "choices" in meta:
+            kwargs["choices"] = meta["choices"]
+        elif base in (int, float):
+            kwargs["type"], kwargs["metavar"] = _number(base, meta), base.__name__.upper()
+        else:
+            kwargs["metavar"] = name.upper()
+        parser.add_argument(*ALIASES.get(name, ()), f"--{name.replace('_', '-')}", **kwargs)
+
+
+def given(args: argparse.Namespace, prefix: str = "") -> dict:
+    """The options with ``prefix`` that the user gave, without the prefix."""
+    return {k[len(prefix):]: v for k, v in vars(args).items() if k.startswith(prefix) and k.count(".") == prefix.count(".")}
+
+
+# ---------------------------------------------------------------------------- commands
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import format_table, run_demo
+    from .experiments.demo import format_table, run_demo
 
     result = run_demo(args.out, steps=args.steps, sample_size=args.sample_size, seed=args.seed)
     print(format_table(result.rows))
     if result.report:
         print(f"\nreport: {result.report}")
     if args.llm:
-        from .demo import format_llm_table, run_llm_demo
+        from .experiments.demo import format_llm_table, run_llm_demo
 
         print("\nLLM section: a tiny Qwen2-architecture model, SFT vs Flower on the same 500 sampled titles")
         print(format_llm_table(run_llm_demo(args.out, steps=args.llm_steps, seed=args.seed)))
     return 0
 
 
-def _fit(args: argparse.Namespace) -> int:
-    from .fitting import run_fit
+def _fit_settings(args: argparse.Namespace) -> tuple[RQ1Run, TrainConfig]:
+    from .experiments.recipes import RQ1_DEFAULT, rq1_config
 
-    overrides = {k: v for k, v in (("lr", args.lr), ("theta", args.theta), ("loss", args.loss)) if v is not None}
-    result = run_fit(args.model, args.data, args.method, args.out, args.titles, args.steps, args.sample_size, args.seed, **overrides)
+    run = replace(RQ1Run(), **given(args, "run."))
+    run = replace(run, reward=replace(run.reward, **given(args, "reward.")))
+    objective = replace(RQ1_DEFAULT, **given(args, "objective."))
+    train = given(args, "train.")
+    return run, rq1_config(objective, train.pop("max_steps", 200), seed=args.seed, **train)
+
+
+def _fit(args: argparse.Namespace) -> int:
+    from .experiments.rq1 import run_fit
+
+    run, train = _fit_settings(args)
+    result = run_fit(run, train, args.out)
     last = result.history[-1]
     print(json.dumps({k: last[k] for k in ("step", "kl", "c_kl", "js", "tv", "invalid") if k in last}))
     print(f"run: {args.out} (model in {args.out}/final)")
@@ -34,11 +110,11 @@ def _fit(args: argparse.Namespace) -> int:
 
 def _recommend(args: argparse.Namespace) -> int:
     from .decoding import recommend
-    from .fitting import RQ1_PROMPT, load_run
+    from .experiments.rq1 import RQ1_PROMPT, load_run
 
     model, tokenizer, trie, target = load_run(args.run)
-    ranked = recommend(model, tokenizer, [args.prompt or RQ1_PROMPT], trie, num_beams=args.beams, num_return=args.top,
-                       length_penalty=args.length_penalty)[0]
+    ranked = recommend(model, tokenizer, [args.prompt or RQ1_PROMPT], trie, num_beams=max(args.beams, args.top),
+                       num_return=args.top, length_penalty=args.length_penalty)[0]
     for rank, item in enumerate(ranked, 1):
         print(f"{rank:>3}. {target.titles[item]}")
     return 0
@@ -46,10 +122,11 @@ def _recommend(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from .decoding import recommend
-    from .fitting import RQ1_PROMPT, fit_metrics, load_run, top_k_popularity
+    from .experiments.rq1 import RQ1_PROMPT, fit_metrics, load_run, top_k_popularity
+    from .rollout import LMPolicy
 
     model, tokenizer, trie, target = load_run(args.run)
-    out = fit_metrics(model, tokenizer, trie, target)
+    out = fit_metrics(LMPolicy(model, tokenizer), trie, target)
     ranked = recommend(model, tokenizer, [RQ1_PROMPT], trie, num_beams=10, num_return=10)[0]
     out |= top_k_popularity(ranked, target)
     print(json.dumps(out, indent=2))
@@ -57,85 +134,108 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    import time
 
-    from .baselines import rq2_table
+    from .experiments.recipes import FLOWER, rq2_config
+    from .experiments.records import command_line, write_record
+    from .experiments.rq2 import rq2_table
 
-    rows, _ = rq2_table(args.data, args.steps, args.train_rows, args.valid_rows, args.test_rows, args.theta,
-                        args.variant, seed=args.seed, threads=args.threads, trajectories=args.trajectories,
-                        pop_alpha=args.pop_alpha, loss=args.loss)
+    started = time.perf_counter()
+    objective = replace(FLOWER, **given(args, "objective."))
+    train = given(args, "train.")
+    config = rq2_config(train.pop("max_steps", 600), objective, seed=args.seed, **train)
+    reward = replace(RewardSpec(), **given(args, "reward."))
+    rows, _ = rq2_table(args.data, config, reward, args.train_rows, args.valid_rows, args.test_rows, seed=args.seed,
+                        threads=args.threads, methods=args.methods)
     keys = list(rows[0])
     print(" | ".join(keys))
     for row in rows:
         print(" | ".join(f"{row[k]:.4g}" if isinstance(row[k], float) else str(row[k]) for k in keys))
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(rows, indent=1), encoding="utf-8")
+        write_record(args.out, command_line(PROG, args.argv), rows, started)
         print(f"rows: {args.out}")
     return 0
 
 
+# ---------------------------------------------------------------------------- the parser
+def _positive(text: str) -> int:
+    return _number(int, {"minimum": 1})(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="flower-lite", description="Flower: GFlowNet fine-tuning of LLM recommenders, for learners.")
+    from .experiments.recipes import FLOWER, RQ1_DEFAULT, rq1_config, rq2_config  # torch-free
+
+    fmt = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(prog=PROG, description="Flower: GFlowNet fine-tuning of LLM recommenders, for learners.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="fit the toy policy with SFT and Flower on the default catalogue and compare")
+
+    demo = sub.add_parser("demo", help="fit the toy policy with every objective on the default catalogue and compare",
+                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     demo.add_argument("--out", default="reports/demo", help="folder for report.html and results.json")
-    demo.add_argument("--steps", type=int, default=300)
-    demo.add_argument("--sample-size", type=int, default=1000, help="titles SFT trains on, drawn from the target")
+    demo.add_argument("--steps", type=_positive, default=300)
+    demo.add_argument("--sample-size", type=_positive, default=1000, help="titles SFT trains on, drawn from the target")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--llm", action="store_true", help="add the LLM section: SFT vs Flower on a tiny causal LM (a few minutes on CPU)")
-    demo.add_argument("--llm-steps", type=int, default=200)
+    demo.add_argument("--llm-steps", type=_positive, default=200)
     demo.set_defaults(func=_demo)
 
-    fit = sub.add_parser("fit", help="fine-tune a causal LM on a popularity target (the paper's RQ1)")
-    fit.add_argument("--model", default="tiny", help="tiny | smollm2 | a Hugging Face id or local directory")
-    fit.add_argument("--data", default="default", choices=["default", "movielens", "movies100"])
-    fit.add_argument("--titles", type=int, default=100, help="the most popular titles that form the target")
-    fit.add_argument("--method", default="flower", help="sft | flower | 'flower θ=0.9' | db")
-    fit.add_argument("--loss", default=None, choices=["subtb", "tb", "db"], help="the GFlowNet objective")
-    fit.add_argument("--theta", type=float, default=None, help="Flower: L = theta SFT + (1 - theta) GFN")
-    fit.add_argument("--lr", type=float, default=None)
-    fit.add_argument("--steps", type=int, default=200)
-    fit.add_argument("--sample-size", type=int, default=500, help="titles drawn from the target for SFT")
-    fit.add_argument("--seed", type=int, default=0)
-    fit.add_argument("--out", default="runs/fit", help="run folder (config, log.jsonl, checkpoint, final model)")
+    fit = sub.add_parser("fit", help="fine-tune a causal LM on a popularity target (the paper's RQ1)", formatter_class=fmt)
+    add_fields(fit, RQ1Run(), ("model", "data", "titles", "sample_size"), "run.")
+    add_fields(fit, RQ1Run().reward, ("pop_alpha", "reversed"), "reward.")
+    add_fields(fit, RQ1_DEFAULT, dest_prefix="objective.")
+    add_fields(fit, rq1_config(), TRAIN_OPTIONS, "train.", notes={"eval_every": "a quarter of --steps"})
+    fit.add_argument("--seed", type=int, default=0, help="seed of the SFT sample, the data order and sampling (default: 0)")
+    fit.add_argument("--out", default="runs/fit", help="run folder: run.json, log.jsonl, checkpoints, final model (default: runs/fit)")
     fit.set_defaults(func=_fit)
 
-    rec = sub.add_parser("recommend", help="trie-constrained beam search with a fitted model")
+    rec = sub.add_parser("recommend", help="trie-constrained beam search with a fitted model",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     rec.add_argument("--run", required=True, help="a run folder written by 'flower-lite fit'")
-    rec.add_argument("--prompt", default=None)
-    rec.add_argument("--top", type=int, default=10)
-    rec.add_argument("--beams", type=int, default=10)
+    rec.add_argument("--prompt", default=None, help="the prompt (default: the RQ1 prompt)")
+    rec.add_argument("--top", type=_positive, default=10, help="titles to print")
+    rec.add_argument("--beams", type=_positive, default=10, help="beam width (raised to --top when smaller)")
     rec.add_argument("--length-penalty", type=float, default=1.0, help="1.0 as BIGRec, 0.0 as D3")
     rec.set_defaults(func=_recommend)
 
     ev = sub.add_parser("evaluate", help="exact distribution fit (KL, JS, TV) and top-10 popularity of a fitted model")
-    ev.add_argument("--run", required=True)
+    ev.add_argument("--run", required=True, help="a run folder written by 'flower-lite fit'")
     ev.set_defaults(func=_evaluate)
 
-    cmp = sub.add_parser("compare", help="next-item recommendation (RQ2): every baseline, SFT and Flower with the tiny model")
-    cmp.add_argument("--data", default="default", help="default | Movies_and_TV | Video_Games | CDs_and_Vinyl (shared data)")
-    cmp.add_argument("--steps", type=int, default=600, help="training steps of each LLM method")
-    cmp.add_argument("--train-rows", type=int, default=None, help="keep the most recent train rows (default: all)")
-    cmp.add_argument("--valid-rows", type=int, default=64)
-    cmp.add_argument("--test-rows", type=int, default=128)
-    cmp.add_argument("--theta", type=float, default=0.995)
-    cmp.add_argument("--variant", default="div_s", choices=["div_s", "add_log_s", "logp"])
-    cmp.add_argument("--trajectories", default="offline", choices=["offline", "on_policy", "mixed", "catalog"],
-                     help="Flower's GFlowNet trajectories")
-    cmp.add_argument("--loss", default="subtb", choices=["subtb", "db", "tb"],
-                     help="Flower's GFlowNet term (subtb: the paper's; db: detailed balance on the exact flows)")
-    cmp.add_argument("--pop-alpha", type=float, default=1.0, help="p_pop ∝ (count + 1) ** alpha in the rewards (1: the paper)")
-    cmp.add_argument("--seed", type=int, default=0)
-    cmp.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    cmp.add_argument("--out", default=None, help="write the table rows as JSON here")
+    cmp = sub.add_parser("compare", help="next-item recommendation (RQ2): every baseline, SFT and Flower with the tiny model",
+                         formatter_class=fmt)
+    cmp.add_argument("--data", default="default", help="default | Movies_and_TV | Video_Games | CDs_and_Vinyl "
+                     "(shared data folder, FLOWER_LITE_DATA) (default: default)")
+    cmp.add_argument("--train-rows", type=_positive, default=None, help="keep the most recent train rows (default: all)")
+    cmp.add_argument("--valid-rows", type=_positive, default=64, help="seeded validation rows (default: 64)")
+    cmp.add_argument("--test-rows", type=_positive, default=128, help="seeded test rows (default: 128)")
+    add_fields(cmp, RewardSpec(), dest_prefix="reward.")
+    add_fields(cmp, FLOWER, dest_prefix="objective.")
+    add_fields(cmp, rq2_config(), TRAIN_OPTIONS, "train.", notes={"eval_every": "a sixth of --steps",
+                                                                   "warmup_steps": "min(20, steps / 10)"})
+    cmp.add_argument("--methods", nargs="+", default=list(RQ2_METHODS), choices=RQ2_METHODS, metavar="METHOD",
+                     help=f"the rows to compute (default: all): {', '.join(RQ2_METHODS)}; a row does not depend on the others")
+    cmp.add_argument("--seed", type=int, default=0, help="seed of the subsets, SASRec, the tiny model and training (default: 0)")
+    cmp.add_argument("--threads", type=_positive, default=1, help="torch CPU threads (default: 1)")
+    cmp.add_argument("--out", default=None, help="write the rows, the command and its environment as a JSON record here")
     cmp.set_defaults(func=_compare)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return args.func(args)
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parser.parse_args(argv)
+    args.argv = argv
+    try:
+        return args.func(args)
+    except Exception as err:  # noqa: BLE001 - every failure of a command is reported in one line
+        if args.debug:
+            raise
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"{PROG}: error: {message} (run with --debug for the traceback)", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

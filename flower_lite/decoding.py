@@ -1,18 +1,15 @@
-"""Trie-constrained decoding and exact item distributions (METHOD.md sections 2, 6 and 9).
+"""Trie-constrained decoding (METHOD.md sections 2, 6 and 9); exact item distributions are in :mod:`flower_lite.distributions`.
 
 * :class:`TrieLogitsProcessor` masks every token that would leave the title trie, inside
   ``model.generate`` (beam search and sampling). The trie lives in tensors; no loop over the
   vocabulary or the batch (METHOD.md section 9, item 8).
 * :func:`recommend`: constrained beam search -> ranked, distinct, valid item ids per prompt.
-* :func:`sample_titles` / :func:`sample_items`: constrained sampling, one title per draw,
-  reproducible by seed and independent of the batch size.
-* :func:`exact_item_distribution`: the unconstrained model's probability of every title
-  (teacher forcing; the rest is ``invalid_mass``). :func:`constrained_item_distribution`: the
-  exact distribution of constrained sampling (renormalised over the trie children at every state).
+* :func:`sample_titles`: constrained sampling, one title per draw, reproducible by seed and
+  independent of the batch size.
 
 Titles are indexed like ``trie.terminal_nodes`` (one index per distinct title; duplicate titles,
-i.e. several item ids with one string, share an index). :func:`title_items` and
-:func:`title_first_item` map title indices to item ids.
+i.e. several item ids with one string, share an index). ``Trie.title_items`` and
+``Trie.title_first_item`` map title indices to item ids.
 
 Notes on transformers 5 generation (read from its source):
 
@@ -40,7 +37,7 @@ import torch
 from torch import Tensor
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from .prompts import MAX_TITLE_TOKENS, encode_prompts, left_pad, teacher_forced_log_probs, teacher_forced_logits
+from .prompts import MAX_TITLE_TOKENS, encode_prompts, left_pad, model_device, pad_id
 from .trie import ROOT, Trie
 
 NEUTRAL_GENERATION = dict(
@@ -243,23 +240,8 @@ class InverseCdfSampler(LogitsProcessor):
 
 
 # --------------------------------------------------------------------------------------------
-# Titles <-> items
+# Decoding states -> titles
 # --------------------------------------------------------------------------------------------
-
-
-def title_items(trie: Trie) -> list[list[int]]:
-    """Item ids of every title index (``trie.terminal_nodes`` order), ascending; duplicates share a title."""
-    item_title = trie.item_title.cpu()
-    order = torch.argsort(item_title, stable=True)
-    counts = torch.bincount(item_title, minlength=int(trie.terminal_nodes.numel()))
-    return [chunk.tolist() for chunk in torch.split(order, counts.tolist())]
-
-
-def title_first_item(trie: Trie) -> Tensor:
-    """[num_titles] the lowest item id of each title (the item a duplicate title stands for in samples)."""
-    item_title = trie.item_title.cpu()
-    first = torch.full((int(trie.terminal_nodes.numel()),), trie.num_items, dtype=torch.long)
-    return first.scatter_reduce(0, item_title, torch.arange(trie.num_items), reduce="amin")
 
 
 def title_index(trie: Trie, nodes: Tensor) -> Tensor:
@@ -272,19 +254,6 @@ def title_index(trie: Trie, nodes: Tensor) -> Tensor:
 # --------------------------------------------------------------------------------------------
 # Beam search and sampling
 # --------------------------------------------------------------------------------------------
-
-
-def _pad_id(tokenizer, trie: Trie) -> int:
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else trie.eos_id
-
-
-def _model_device(model: torch.nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
-def _on(trie: Trie, device: torch.device | str) -> Trie:
-    """The trie on ``device`` (``Trie.to`` copies and recomputes flows, so only when it must move)."""
-    return trie if trie.device == torch.device(device) else trie.to(device)
 
 
 @torch.no_grad()
@@ -316,15 +285,15 @@ def recommend(
     """
     if num_return > num_beams:
         raise ValueError(f"num_return ({num_return}) cannot exceed num_beams ({num_beams})")
-    items_of = title_items(trie)
-    device = _model_device(model)
-    trie = _on(trie, device)
+    items_of = trie.title_items()
+    device = model_device(model)
+    trie = trie.to(device)
     ranked: list[list[int]] = []
     for start in range(0, len(prompts), batch_size):
         batch = {k: v.to(device) for k, v in encode_prompts(tokenizer, prompts[start : start + batch_size]).items()}
         width = batch["input_ids"].shape[1]
         processors = [TemperedLogSoftmax(temperature)] if temperature != 1.0 else []
-        processors.append(TrieLogitsProcessor(trie, width, _pad_id(tokenizer, trie)))
+        processors.append(TrieLogitsProcessor(trie, width, pad_id(tokenizer)))
         out = model.generate(
             input_ids=batch["input_ids"],
             attention_mask=batch["attention_mask"],
@@ -335,7 +304,7 @@ def recommend(
             length_penalty=length_penalty,
             max_new_tokens=max_new_tokens,
             eos_token_id=trie.eos_id,
-            pad_token_id=_pad_id(tokenizer, trie),
+            pad_token_id=pad_id(tokenizer),
             **NEUTRAL_GENERATION,
         )
         titles = title_index(trie, decode_states(trie, out[:, width:])).view(-1, num_beams).tolist()
@@ -360,7 +329,7 @@ def sample_titles(
     """Constrained sampling: ``num_samples`` titles per prompt -> title indices ``[num_prompts, num_samples]``.
 
     At every state the next token is drawn from ``softmax(logits / temperature)`` renormalised over
-    the trie children (the distribution :func:`constrained_item_distribution` computes exactly).
+    the trie children (the distribution ``distributions.constrained_item_distribution`` computes exactly).
     Draw d of prompt p uses its own uniforms from ``torch.Generator().manual_seed(seed)``, so the
     result depends on ``seed`` only, not on ``batch_size`` (number of sequences per ``generate``
     call) and not on the global RNG. Raises ``RuntimeError`` if a draw does not finish a title
@@ -372,9 +341,9 @@ def sample_titles(
     uniforms = torch.rand(len(prompts) * num_samples, max_new_tokens, generator=generator, dtype=torch.float64)
     encoded = encode_prompts(tokenizer, prompts)
     prompt_rows = [ids[m.bool()].tolist() for ids, m in zip(encoded["input_ids"], encoded["attention_mask"])]
-    pad = _pad_id(tokenizer, trie)
-    device = _model_device(model)
-    trie = _on(trie, device)
+    pad = pad_id(tokenizer)
+    device = model_device(model)
+    trie = trie.to(device)
     out = []
     for start in range(0, len(uniforms), batch_size):
         rows = range(start, min(start + batch_size, len(uniforms)))
@@ -402,121 +371,4 @@ def sample_titles(
     return titles
 
 
-def sample_items(
-    model: torch.nn.Module,
-    tokenizer,
-    prompts: Sequence[str],
-    trie: Trie,
-    num_samples: int = 1,
-    temperature: float = 1.0,
-    seed: int = 0,
-    batch_size: int = 256,
-    max_new_tokens: int = MAX_TITLE_TOKENS,
-) -> list[list[int]]:
-    """:func:`sample_titles` as item ids ``[num_prompts][num_samples]``; a duplicate title gives its lowest item id."""
-    titles = sample_titles(model, tokenizer, prompts, trie, num_samples, temperature, seed, batch_size, max_new_tokens)
-    return title_first_item(trie)[titles].tolist()
-
-
-# --------------------------------------------------------------------------------------------
-# Exact distributions for one prompt
-# --------------------------------------------------------------------------------------------
-
-
-def _prompt_batch(tokenizer, prompt: str, rows: int, device: torch.device) -> dict[str, Tensor]:
-    one = encode_prompts(tokenizer, [prompt])
-    return {k: v.expand(rows, -1).to(device) for k, v in one.items()}
-
-
-def _title_paths(trie: Trie, nodes: Tensor) -> tuple[Tensor, Tensor]:
-    """Token prefixes of nodes (T included for terminals): (tokens [n, w] right-padded with 0, mask [n, w])."""
-    tokens, lengths = trie.prefix_tokens(nodes)
-    mask = torch.arange(tokens.shape[1], device=tokens.device) < lengths[:, None]
-    return tokens.clamp_min(0), mask
-
-
-@torch.no_grad()
-def exact_item_distribution(
-    model: torch.nn.Module, tokenizer, prompt: str, trie: Trie, batch_size: int = 256
-) -> tuple[Tensor, float]:
-    """The unconstrained model's probability of writing each title (then T) after ``prompt``.
-
-    Every title path (T included) is teacher-forced with :func:`teacher_forced_log_probs`, in batches
-    of ``batch_size`` titles; ``p(title) = exp(sum_t log pi(a_t | s_t))``.
-
-    Returns:
-        p_title: float64 ``[num_titles]`` in ``trie.terminal_nodes`` order (duplicates pooled:
-            the model writes one string for all of them).
-        invalid_mass: ``1 - p_title.sum()``, the mass on outputs that are not catalogue titles
-            (including ones that never write T).
-    """
-    trie = _on(trie, "cpu")
-    device = _model_device(model)
-    tokens, mask = _title_paths(trie, trie.terminal_nodes)
-    log_p = []
-    for start in range(0, tokens.shape[0], batch_size):
-        ids, m = tokens[start : start + batch_size].to(device), mask[start : start + batch_size].to(device)
-        prompt_batch = _prompt_batch(tokenizer, prompt, ids.shape[0], device)
-        log_pi, _ = teacher_forced_log_probs(model, **prompt_batch, continuation_ids=ids, continuation_mask=m)
-        log_p.append(log_pi.double().sum(-1).cpu())
-    p_title = torch.cat(log_p).exp()
-    return p_title, float(1.0 - p_title.sum())
-
-
-@torch.no_grad()
-def constrained_item_distribution(
-    model: torch.nn.Module,
-    tokenizer,
-    prompt: str,
-    trie: Trie,
-    batch_size: int = 256,
-    temperature: float = 1.0,
-) -> Tensor:
-    """Exact title distribution of constrained sampling (:func:`sample_titles`) after ``prompt``.
-
-    At every state s the policy is ``q(a | s) = softmax(logits(s) / temperature)`` renormalised over
-    the trie children of s, and ``p(title) = prod_t q(a_t | s_t)`` (T included); the result sums to 1.
-
-    Cost: one teacher-forced forward pass per *maximal* title (a title that is not a token prefix of
-    another one: the states of the others lie on their paths), in batches of ``batch_size``. Each
-    distinct trie node is normalised once: the log-softmax over its children is taken at its first
-    occurrence, and ``log q`` of every edge is stored per child node; the title log-probs then follow
-    top-down, depth by depth. Memory: the batch's logits, ``batch_size x (max path + 1) x V`` floats.
-
-    Returns float64 ``[num_titles]`` in ``trie.terminal_nodes`` order.
-    """
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    trie = _on(trie, "cpu")
-    s = trie.structure
-    device = _model_device(model)
-    terminals = trie.terminal_nodes
-    maximal = terminals[(s.child_hi - s.child_lo)[s.parent[terminals]] == 1]
-    tokens, mask = _title_paths(trie, s.parent[maximal])  # titles without T: the last state's children hold T
-    edge_log_q = torch.zeros(trie.num_nodes, dtype=torch.float64)  # log q(token[n] | parent[n])
-    done = torch.zeros(trie.num_nodes, dtype=torch.bool)
-    for start in range(0, tokens.shape[0], batch_size):
-        ids, m = tokens[start : start + batch_size], mask[start : start + batch_size]
-        states = trie.walk(ids, m)  # [b, w + 1]; state t exists for t <= title length
-        batch = _prompt_batch(tokenizer, prompt, ids.shape[0], device)
-        logits = teacher_forced_logits(model, batch["input_ids"], batch["attention_mask"], batch["position_ids"], ids.to(device), m.to(device))
-        logits = logits.flatten(0, 1)  # [b * (w + 1), V], on the model's device
-        flat = states.flatten()
-        position = torch.arange(flat.numel())
-        keep = flat >= 0
-        first = torch.full((trie.num_nodes,), flat.numel(), dtype=torch.long)
-        first.scatter_reduce_(0, flat[keep], position[keep], reduce="amin")
-        nodes = torch.nonzero((first < flat.numel()) & ~done).flatten()  # distinct new states in this batch
-        done[nodes] = True
-        counts = s.child_hi[nodes] - s.child_lo[nodes]
-        seg = torch.repeat_interleave(torch.arange(nodes.numel()), counts)  # edge -> its state
-        edges = s.child_lo[nodes][seg] + torch.arange(seg.numel()) - torch.repeat_interleave(counts.cumsum(0) - counts, counts)
-        vals = logits[first[nodes][seg].to(device), s.token[edges].to(device)].cpu().double() / temperature
-        peak = torch.full((nodes.numel(),), -math.inf, dtype=torch.float64).scatter_reduce(0, seg, vals, reduce="amax")
-        total = torch.zeros(nodes.numel(), dtype=torch.float64).index_add_(0, seg, (vals - peak[seg]).exp())
-        edge_log_q[edges] = vals - (peak + total.log())[seg]
-    log_p = torch.zeros(trie.num_nodes, dtype=torch.float64)
-    for d in range(1, len(s.depth_start) - 1):  # top-down: children have larger ids, one depth at a time
-        n = torch.arange(int(s.depth_start[d]), int(s.depth_start[d + 1]))
-        log_p[n] = log_p[s.parent[n]] + edge_log_q[n]
-    return log_p[terminals].exp()
+from .distributions import constrained_item_distribution, exact_item_distribution  # noqa: E402,F401  TEMP until trunk moves

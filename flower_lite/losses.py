@@ -17,9 +17,19 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .trie import chunk_boundaries
+from .config import NORMALISATIONS
 
-NORMALISATIONS = ("pairs", "sequence")
+
+def chunk_boundaries(lengths: Tensor, num_states: int, n: int) -> Tensor:
+    """Supervision granularity n: bool ``[batch, num_states]``, True at states t with t % n == 0 or t == lengths.
+
+    State t is the prefix of t tokens; a trajectory of ``lengths[b]`` tokens has states 0..lengths[b].
+    n = 1 supervises every token; n larger than every length keeps only (0, lengths): outcome only.
+    """
+    if n < 1:
+        raise ValueError(f"granularity n must be >= 1, got {n}")
+    t = torch.arange(num_states, device=lengths.device)
+    return ((t % n == 0) & (t[None, :] <= lengths[:, None])) | (t[None, :] == lengths[:, None])
 
 
 def sft_loss(log_pi_path: Tensor, mask: Tensor, weight: Tensor | None = None) -> Tensor:
@@ -44,25 +54,25 @@ def trajectory_balance_loss(log_pi_path: Tensor, mask: Tensor, log_reward: Tenso
     return (log_z + total - log_reward.to(total.dtype)).pow(2).mean()
 
 
-def _pairwise_balance(a: Tensor, supervised: Tensor, lam: float, consecutive: bool, normalisation: str) -> Tensor:
+def _pairwise_balance(a: Tensor, supervised: Tensor, subtb_lambda: float, consecutive: bool, normalisation: str) -> Tensor:
     """Weighted mean of (A_i - A_j)^2 over supervised state pairs i < j of each trajectory.
 
-    ``a``, ``supervised``: [batch, S]. A pair (i, j) has weight lam ** (number of supervised states
+    ``a``, ``supervised``: [batch, S]. A pair (i, j) has weight subtb_lambda ** (number of supervised states
     strictly between i and j). ``consecutive`` keeps only pairs with none between (detailed balance).
     ``normalisation``: ``pairs`` divides by the number of pairs in the batch (the reference: long
     titles weigh quadratically more); ``sequence`` averages each trajectory's pairs, then trajectories.
     """
     if normalisation not in NORMALISATIONS:
         raise ValueError(f"unknown normalisation {normalisation!r}: expected one of {NORMALISATIONS}")
-    if lam <= 0:
-        raise ValueError(f"lambda must be > 0, got {lam}")
+    if subtb_lambda <= 0:
+        raise ValueError(f"lambda must be > 0, got {subtb_lambda}")
     a = torch.where(supervised, a, torch.zeros_like(a))  # keeps -inf/NaN of unused states out of the graph
     count = torch.cumsum(supervised.long(), dim=1)
     gap = count[:, None, :] - count[:, :, None] - 1  # [batch, i, j] supervised states strictly between
     pairs = supervised[:, :, None] & supervised[:, None, :] & (gap >= 0)
     if consecutive:
         pairs &= gap == 0
-    weight = torch.where(pairs, torch.pow(torch.as_tensor(lam, dtype=a.dtype), gap.clamp_min(0).to(a.dtype)), 0.0)
+    weight = torch.where(pairs, torch.pow(torch.as_tensor(subtb_lambda, dtype=a.dtype), gap.clamp_min(0).to(a.dtype)), 0.0)
     sq = (a[:, :, None] - a[:, None, :]).pow(2) * weight
     if normalisation == "pairs":
         return sq.sum() / pairs.sum().clamp_min(1)
@@ -91,7 +101,7 @@ def subtrajectory_balance_loss(
     log_pi_stop: Tensor,
     log_stop_reward: Tensor,
     lengths: Tensor,
-    lam: float = 1.0,
+    subtb_lambda: float = 1.0,
     granularity: int = 1,
     normalisation: str = "pairs",
 ) -> Tensor:
@@ -100,8 +110,8 @@ def subtrajectory_balance_loss(
     The implicit flow is ``log F^(s_t) = log R~(s_t) - log pi(T | s_t)`` with ``log_stop_reward``
     [batch, K + 1] = log R~ (see ``rewards.path_rewards``). The loss averages
     ``(log F^(s_i) + sum_{t=i}^{j-1} log pi(a_t | s_t) - log F^(s_j))^2`` over pairs of supervised
-    states 0 <= i < j <= k with weight lam ** (j - i - 1) (in chunks when granularity n > 1).
-    Zero exactly when the policy is the flow of the rewards R~ (``policy.stop_anywhere_optimum``).
+    states 0 <= i < j <= k with weight subtb_lambda ** (j - i - 1) (in chunks when granularity n > 1).
+    Zero exactly when the policy is the flow of the rewards R~ (``tabular.stop_anywhere_optimum``).
     """
     k_max = log_pi_action.shape[1]
     action_mask = torch.arange(k_max, device=lengths.device)[None, :] < lengths[:, None]
@@ -109,7 +119,7 @@ def subtrajectory_balance_loss(
     prefix = torch.nn.functional.pad(torch.cumsum(steps, dim=1), (1, 0))
     supervised = chunk_boundaries(lengths, k_max + 1, granularity)
     flow = torch.where(supervised, log_stop_reward.to(log_pi_stop.dtype) - log_pi_stop, torch.zeros_like(log_pi_stop))
-    return _pairwise_balance(flow - prefix, supervised, lam, consecutive=False, normalisation=normalisation)
+    return _pairwise_balance(flow - prefix, supervised, subtb_lambda, consecutive=False, normalisation=normalisation)
 
 
 def theta_mix(sft: Tensor, gfn: Tensor, theta: float) -> Tensor:

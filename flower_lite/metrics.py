@@ -25,7 +25,7 @@ from numpy.typing import ArrayLike
 
 __all__ = [
     "with_invalid_bucket", "kl_divergence", "js_divergence", "total_variation", "entropy",
-    "support_size", "coverage", "gini", "tail_share", "hit_at_k", "ndcg_at_k",
+    "support_size", "coverage", "gini", "tail_share", "rank_metrics", "hit_at_k", "ndcg_at_k",
     "group_unfairness", "popularity_group_ids", "word_entropy", "type_token_ratio",
     "invalid_count", "evaluate",
 ]
@@ -196,19 +196,26 @@ def _target_ranks(ranked: Ranked, targets: Sequence[int], k: int) -> np.ndarray:
                      for row, t in zip(rows, targets)])
 
 
-def hit_at_k(ranked: Ranked, targets: Sequence[int], k: int) -> float:
-    """HR@K = mean over rows of 1[r < K]; r is the 0-based rank of the target (absent = miss).
+def rank_metrics(ranks: ArrayLike, ks: Sequence[int] = (10,)) -> dict[str, float]:
+    """``hit@K`` = mean over rows of 1[r < K] and ``ndcg@K`` = mean of 1[r < K] / log2(r + 2) from the 0-based
+    ranks r of each row's one relevant item (inf when absent): the one HR / NDCG of the package."""
+    r = np.asarray(ranks, dtype=np.float64)
+    out: dict[str, float] = {}
+    for k in ks:
+        hit = r < k
+        out[f"hit@{k}"] = float(np.mean(hit))
+        out[f"ndcg@{k}"] = float(np.sum(1.0 / np.log2(r[hit] + 2)) / r.size)
+    return out
 
-    A list shorter than K is scored on the positions it has.
-    """
-    return float(np.mean(_target_ranks(ranked, targets, k) < k))
+
+def hit_at_k(ranked: Ranked, targets: Sequence[int], k: int) -> float:
+    """HR@K of ranked lists (:func:`rank_metrics`); a list shorter than K is scored on the positions it has."""
+    return rank_metrics(_target_ranks(ranked, targets, k), (k,))[f"hit@{k}"]
 
 
 def ndcg_at_k(ranked: Ranked, targets: Sequence[int], k: int) -> float:
-    """NDCG@K = mean over rows of 1[r < K] / log2(r + 2) (one relevant item per row)."""
-    r = _target_ranks(ranked, targets, k)
-    hit = r < k
-    return float(np.sum(1.0 / np.log2(r[hit] + 2)) / r.size)
+    """NDCG@K of ranked lists (:func:`rank_metrics`; one relevant item per row)."""
+    return rank_metrics(_target_ranks(ranked, targets, k), (k,))[f"ndcg@{k}"]
 
 
 def group_unfairness(ranked: Ranked, train_counts: ArrayLike, n_groups: int = 8) -> dict:

@@ -8,7 +8,7 @@ that count only real tokens, so a prompt gets the same log-probs alone and insid
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -57,26 +57,22 @@ def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> dict[str, torch.Tens
     return {"input_ids": ids, "attention_mask": mask, "position_ids": position_ids}
 
 
+def model_device(model: torch.nn.Module) -> torch.device:
+    """The device of a model's (first) parameters."""
+    return next(model.parameters()).device
+
+
+def pad_id(tokenizer) -> int:
+    """The padding token of prompt batches: the tokenizer's pad token, else its EOS."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
 def encode_prompts(tokenizer, prompts: Sequence[str], add_special_tokens: bool = True) -> dict[str, torch.Tensor]:
     """Tokenize each prompt on its own, then left-pad: ``input_ids``, ``attention_mask``,
     ``position_ids``, each [B, L] (see :func:`left_pad`). Independent of ``tokenizer.padding_side``.
     """
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     rows = [tokenizer(p, add_special_tokens=add_special_tokens)["input_ids"] for p in prompts]
-    return left_pad(rows, pad_id)
-
-
-def pad_continuations(
-    continuations: Sequence[Sequence[int]], device: torch.device | str | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad ragged token lists: ``continuation_ids`` [B, T] (0 where padded), ``mask`` [B, T] bool."""
-    width = max((len(c) for c in continuations), default=0)
-    ids = torch.zeros((len(continuations), width), dtype=torch.long)
-    mask = torch.zeros((len(continuations), width), dtype=torch.bool)
-    for b, c in enumerate(continuations):
-        ids[b, : len(c)] = torch.as_tensor(list(c), dtype=torch.long)
-        mask[b, : len(c)] = True
-    return ids.to(device), mask.to(device)
+    return left_pad(rows, pad_id(tokenizer))
 
 
 def teacher_forced_logits(
@@ -150,27 +146,6 @@ def log_probs_along(
     state_valid = torch.cat([torch.ones_like(cont_mask[:, :1]), cont_mask], dim=1)  # s_0 always exists
     log_pi_extra = (logits[..., extra_token_id] - log_z).masked_fill(~state_valid, 0.0)
     return log_pi_action, log_pi_extra
-
-
-def sequence_log_probs(
-    model: torch.nn.Module, prompt_batch: Mapping[str, torch.Tensor], continuations: Sequence[Sequence[int]]
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """log pi(a_t | prompt, a_<t) for ragged continuations: ``(log_pi [B, T], mask [B, T])``.
-
-    ``prompt_batch`` is the output of :func:`encode_prompts`; rows pair prompts with continuations.
-    Sum over t (``log_pi.sum(-1)``) for the log-probability of a whole title.
-    """
-    device = prompt_batch["input_ids"].device
-    cont_ids, cont_mask = pad_continuations(continuations, device=device)
-    log_pi, _ = teacher_forced_log_probs(
-        model,
-        prompt_batch["input_ids"],
-        prompt_batch["attention_mask"],
-        prompt_batch["position_ids"],
-        cont_ids,
-        cont_mask,
-    )
-    return log_pi, cont_mask
 
 
 MAX_TITLE_TOKENS = 64  # METHOD.md section 6: at most 64 new tokens are decoded

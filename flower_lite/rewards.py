@@ -15,9 +15,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .config import OFF_ITEM_PENALTY, RewardSpec
 from .trie import Trie
 
-OFF_ITEM_PENALTY = -15.0  # the reference's log-reward of stopping at an incomplete title
 ZERO_REWARD_FLOOR = -100.0  # log R~ given to states of zero reward so that losses stay finite
 
 
@@ -73,13 +73,15 @@ def minmax_scores(p: Tensor) -> Tensor:
 
 
 def personalised_log_rewards(
-    p: Tensor, log_p_pop: Tensor, variant: str = "div_s", lam: float = 1.0, min_score: float = 1e-6
+    p: Tensor, log_p_pop: Tensor, variant: str = "div_s", score_weight: float = 1.0, min_score: float = 1e-6
 ) -> Tensor:
     """log R_u(i) [batch, num_items] for preference rows p [batch, num_items] (each row a user).
 
     * ``logp``: log p_pop(i) (popularity only);
-    * ``div_s`` (paper default): log p_pop(i) / s_ui, i.e. R_u(i) = p_pop(i) ** (1 / s_ui);
-    * ``add_log_s``: log p_pop(i) + lam * log s'_ui, added once per item (the reference adds it to
+    * ``div_s`` (paper default): log p_pop(i) / s_ui, i.e. R_u(i) = p_pop(i) ** (1 / s_ui); a weight
+      w = ``score_weight`` below 1 blends it geometrically with popularity,
+      (1 - w) log p_pop(i) + w log p_pop(i) / s_ui;
+    * ``add_log_s``: log p_pop(i) + w log s'_ui, added once per item (the reference adds it to
       every token; see ``reference_token_log_rewards``).
     Scores are clamped below at ``min_score`` so that no item's reward is exactly 0.
     """
@@ -88,28 +90,48 @@ def personalised_log_rewards(
     if variant == "logp":
         return log_p_pop.clone()
     if variant == "div_s":
-        return log_p_pop / div_s_scores(p).clamp_min(min_score)
+        divided = log_p_pop / div_s_scores(p).clamp_min(min_score)
+        return divided if score_weight == 1 else (1 - score_weight) * log_p_pop + score_weight * divided
     if variant == "add_log_s":
-        return log_p_pop + lam * minmax_scores(p).clamp_min(min_score).log()
+        return log_p_pop + score_weight * minmax_scores(p).clamp_min(min_score).log()
     raise ValueError(f"unknown reward variant {variant!r}: expected 'logp', 'div_s' or 'add_log_s'")
 
 
+def item_rewards(spec: RewardSpec, counts: np.ndarray | Tensor) -> np.ndarray:
+    """[num_items] the popularity reward R(i) = (c(i) + pop_eps) ** pop_alpha of ``spec`` (unnormalised: the
+    weights of a title trie), or 1 / R(i) when ``spec.reversed`` (proportional to exp(-log p_pop(i)))."""
+    r = popularity_rewards(counts, spec.pop_alpha, spec.pop_eps)
+    return 1.0 / r if spec.reversed else r
+
+
+def item_log_rewards(spec: RewardSpec, counts: np.ndarray | Tensor, preferences: Tensor | None = None) -> Tensor:
+    """The reward of :class:`~flower_lite.config.RewardSpec`: log p_pop(i) [num_items] from the counts c(i)
+    (negated when ``spec.reversed``, the broken-reward control), or with ``preferences`` p [batch, num_items]
+    the personalised log R_u(i) [batch, num_items] of ``spec.variant``."""
+    log_p_pop = log_popularity(counts, spec.pop_eps, spec.pop_alpha)
+    if spec.reversed:
+        log_p_pop = -log_p_pop
+    if preferences is None:
+        return log_p_pop
+    return personalised_log_rewards(preferences, log_p_pop, spec.variant, spec.score_weight)
+
+
 def reference_token_log_rewards(
-    log_r_pop: Tensor, mask: Tensor, end_score: Tensor, variant: str, lam: float = 1.0
+    log_r_pop: Tensor, mask: Tensor, end_score: Tensor, variant: str, score_weight: float = 1.0
 ) -> Tensor:
     """The reference's trajectory-dependent token rewards, kept for parity only (METHOD.md 4).
 
     ``log_r_pop`` [batch, time] are popularity token rewards along each trajectory, ``end_score``
     [batch] the score of the item the trajectory ended in (s_ui for ``div_s``, s'_ui for
     ``add_log_s``). ``div_s`` divides every token's log reward by it; ``add_log_s`` adds
-    ``lam * log s'`` to every token, so the boost grows with the title length. The same prefix
+    ``score_weight * log s'`` to every token, so the boost grows with the title length. The same prefix
     therefore gets different rewards on different trajectories: this is not a flow.
     """
     score = end_score.to(log_r_pop.dtype)[:, None]
     if variant == "div_s":
         out = log_r_pop / score
     elif variant == "add_log_s":
-        out = log_r_pop + lam * score.log()
+        out = log_r_pop + score_weight * score.log()
     else:
         raise ValueError(f"unknown reference variant {variant!r}: expected 'div_s' or 'add_log_s'")
     return torch.where(mask.bool(), out, torch.zeros_like(out))
@@ -129,6 +151,13 @@ class PathRewards:
     log_r_stop: Tensor  # [batch, K + 1] log r(T | s_t); -inf where s_t is not a complete title
     log_stop_reward: Tensor  # [batch, K + 1] log R~(s_t) of Flower's objective (METHOD.md 5)
     lengths: Tensor  # [batch] k, the number of title tokens
+
+    @property
+    def log_outcome(self) -> Tensor:
+        """[batch] the outcome reward of each trajectory's title relative to the partition function,
+        log R(x) - log Z (per user: log R_u(x) - log Z_u), i.e. log R~(s_k): the log-probability the
+        target gives x (duplicate items pooled). TB's learned log Z_θ is relative to the exact log Z."""
+        return self.log_stop_reward.gather(1, self.lengths[:, None].to(self.log_stop_reward.device))[:, 0]
 
     @property
     def log_r_path(self) -> Tensor:

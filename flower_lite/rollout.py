@@ -15,6 +15,10 @@
 
 Every title has one token path (``trie.structure.paths``), shared by SFT targets, trajectories,
 rewards and decoding.
+
+:class:`LMPolicy` puts these behind the three calls a training loop and an evaluation make of a policy
+(``log_probs`` along trajectory sets, ``sample``, ``item_distributions``); the frozen-trunk policy of
+:mod:`flower_lite.trunk` answers the same calls from cached hidden states.
 """
 from __future__ import annotations
 
@@ -23,31 +27,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .prompts import log_probs_along, teacher_forced_log_probs
-from .trie import Trie
+from .prompts import left_pad, log_probs_along, pad_id, teacher_forced_log_probs
+from .trie import Trajectories, Trie
 
-
-@dataclass
-class Trajectories:
-    """Title tokens ``[batch, K]`` (0 past the end) and ``lengths [batch]`` (tokens before T)."""
-
-    tokens: Tensor
-    lengths: Tensor
-
-    @property
-    def mask(self) -> Tensor:
-        """[batch, K] True on title tokens."""
-        return torch.arange(self.tokens.shape[1], device=self.tokens.device)[None, :] < self.lengths[:, None]
-
-
-def item_trajectories(trie: Trie, items: Tensor) -> Trajectories:
-    """The title token paths of catalogue ``items`` [batch] (T excluded), cut to the longest one."""
-    s = trie.structure
-    lengths = s.path_length[items] - 1
-    width = int(lengths.max()) if items.numel() else 0
-    tokens = s.paths[items, :width].clamp_min(0)
-    mask = torch.arange(width)[None, :] < lengths[:, None]
-    return Trajectories(torch.where(mask, tokens, torch.zeros_like(tokens)), lengths)
+__all__ = ["Trajectories", "LMPolicy", "teacher_forced", "PromptPass", "prompt_pass", "continue_prompts",
+           "sample_on_policy", "kv_cache", "OfflineSchedule"]
 
 
 def teacher_forced(model, prompts: dict[str, Tensor], traj: Trajectories, eos_id: int) -> tuple[Tensor, Tensor]:
@@ -129,6 +113,81 @@ def continue_prompts(model, prompts: dict[str, Tensor], first: PromptPass, trajs
     batch = prompts["input_ids"].shape[0]
     return [(action[k * batch:(k + 1) * batch, : t.tokens.shape[1]], stop[k * batch:(k + 1) * batch, : t.tokens.shape[1] + 1])
             for k, t in enumerate(trajs)]
+
+
+@dataclass
+class PromptBatch:
+    """Prompts of one step, tokenised and left-padded on the model's device, with their shared
+    :func:`prompt_pass` once one is computed (``first``; None until then, or when the model gives none)."""
+
+    texts: list[str]
+    encoded: dict[str, Tensor]
+    first: PromptPass | None = None
+    passed: bool = False  # whether prompt_pass has been tried
+
+
+class LMPolicy:
+    """A Hugging Face causal LM as a policy on the title trie (METHOD.md 5).
+
+    ``module`` is the model that is trained and saved; ``forward_module`` the one called with gradients
+    (the ``accelerate``-wrapped model while training; ``bind`` sets it). Prompts are tokenised once per
+    string. ``log_probs`` of one trajectory set is one teacher-forced pass; several sets on the same
+    prompts share one :func:`prompt_pass` (as does ``sample`` before them).
+    """
+
+    def __init__(self, model: torch.nn.Module, tokenizer):
+        self.module, self.forward_module, self.tokenizer = model, model, tokenizer
+        self._pad_id, self._tokens = pad_id(tokenizer), {}
+
+    def bind(self, forward_module: torch.nn.Module) -> None:
+        """Call ``forward_module`` (e.g. the model wrapped for several processes) for the passes with gradients."""
+        self.forward_module = forward_module
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.module.parameters()).device
+
+    def prompts(self, texts: list[str]) -> PromptBatch:
+        """The left-padded batch of ``texts`` (each string tokenised once, then cached)."""
+        rows = []
+        for text in texts:
+            if text not in self._tokens:
+                self._tokens[text] = self.tokenizer(text)["input_ids"]
+            rows.append(self._tokens[text])
+        return PromptBatch(list(texts), {k: v.to(self.device) for k, v in left_pad(rows, self._pad_id).items()})
+
+    def _first(self, batch: PromptBatch) -> PromptPass | None:
+        if not batch.passed:
+            batch.first, batch.passed = prompt_pass(self.forward_module, batch.encoded), True
+        return batch.first
+
+    def log_probs(self, batch: PromptBatch, trajs: list[Trajectories], eos_id: int) -> list[tuple[Tensor, Tensor]]:
+        """``(log pi(a_t | s_t) [B, K], log pi(T | s_t) [B, K + 1])`` of every trajectory set, with gradients."""
+        first = self._first(batch) if len(trajs) > 1 or batch.passed else None
+        if first is not None:
+            return continue_prompts(self.forward_module, batch.encoded, first, trajs, eos_id)
+        # one set, or no usable prompt cache (gradient checkpointing): teacher-force each set
+        return [teacher_forced(self.forward_module, batch.encoded, t, eos_id) for t in trajs]
+
+    def sample(self, batch: PromptBatch, trie: Trie, temperature: float, generator: torch.Generator,
+               max_new_tokens: int) -> Trajectories:
+        """One trie-masked title per prompt (:func:`sample_on_policy`), from the batch's shared prompt pass."""
+        first = self._first(batch)
+        return sample_on_policy(self.module, batch.encoded, trie, temperature, generator, max_new_tokens, first=first)
+
+    @torch.no_grad()
+    def item_distributions(self, prompt: str, trie: Trie, batch_size: int = 256) -> tuple[Tensor, float, Tensor]:
+        """(P(title) of the unconstrained model [num_titles], its invalid mass, P(title) of trie-constrained
+        sampling [num_titles]) after ``prompt``, exact (``distributions.exact_item_distribution`` and
+        ``distributions.constrained_item_distribution``)."""
+        from .distributions import constrained_item_distribution, exact_item_distribution
+
+        was_training = self.module.training
+        self.module.eval()
+        q, invalid = exact_item_distribution(self.module, self.tokenizer, prompt, trie, batch_size)
+        qc = constrained_item_distribution(self.module, self.tokenizer, prompt, trie, batch_size)
+        self.module.train(was_training)
+        return q, invalid, qc
 
 
 @torch.no_grad()

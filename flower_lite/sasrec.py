@@ -32,9 +32,8 @@ from __future__ import annotations
 
 import copy
 import math
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -43,9 +42,10 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .data.splits import NextItemData, Split, pad_histories
+from .metrics import rank_metrics
+from .threads import num_threads
 
-__all__ = ["SASRecConfig", "SASRec", "train_sasrec", "target_ranks", "rank_metrics",
-           "popularity_recommend"]
+__all__ = ["SASRecConfig", "SASRec", "train_sasrec", "target_ranks", "popularity_recommend"]
 
 
 @dataclass
@@ -86,18 +86,6 @@ class SASRecConfig:
     device: str = "cpu"
     progress: bool = True
     num_threads: int | None = None
-
-
-@contextmanager
-def _threads(n: int | None) -> Iterator[None]:
-    """Run the body with ``torch.set_num_threads(n)`` (if ``n`` is not None), then restore."""
-    before = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 class _Block(nn.Module):
@@ -184,7 +172,7 @@ class SASRec(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            with _threads(self.config.num_threads):
+            with num_threads(self.config.num_threads):
                 out = [self(self.encode(histories[lo:lo + self.config.batch_size])).cpu()
                        for lo in range(0, len(histories), self.config.batch_size)]
         finally:
@@ -218,18 +206,6 @@ def target_ranks(scores: Tensor, targets: Tensor | np.ndarray) -> Tensor:
     return (scores > own).sum(1)
 
 
-def rank_metrics(ranks: Tensor, ks: Sequence[int] = (10,)) -> dict[str, float]:
-    """HR@K and NDCG@K from 0-based target ranks (METHOD.md 8): ``hit@K`` = mean 1[r < K],
-    ``ndcg@K`` = mean 1[r < K] / log2(r + 2)."""
-    r = ranks.double()
-    out: dict[str, float] = {}
-    for k in ks:
-        hit = r < k
-        out[f"hit@{k}"] = float(hit.double().mean())
-        out[f"ndcg@{k}"] = float((hit / torch.log2(r + 2)).mean())
-    return out
-
-
 def popularity_recommend(counts: np.ndarray, rows: int, k: int = 10) -> list[list[int]]:
     """The popularity baseline: the same ``k`` most counted items (ties: smaller id first)
     for each of ``rows`` rows. ``counts``: [N]."""
@@ -238,7 +214,7 @@ def popularity_recommend(counts: np.ndarray, rows: int, k: int = 10) -> list[lis
 
 
 def _evaluate(model: SASRec, split: Split, k: int) -> dict[str, float]:
-    return rank_metrics(target_ranks(model.scores(split.history), split.target), (k,))
+    return rank_metrics(target_ranks(model.scores(split.history), split.target).numpy(), (k,))
 
 
 def train_sasrec(data: NextItemData, config: SASRecConfig | None = None
@@ -253,7 +229,7 @@ def train_sasrec(data: NextItemData, config: SASRecConfig | None = None
     if len(data.train) == 0 or len(data.valid) == 0:
         raise ValueError("SASRec needs non-empty train and valid splits")
     history: list[dict[str, float]] = []
-    with _threads(c.num_threads):
+    with num_threads(c.num_threads):
         model = _fit(data, c, history)
     return model, history
 
@@ -293,7 +269,8 @@ def _fit(data: NextItemData, c: SASRecConfig, history: list[dict[str, float]]) -
                 if since_best >= c.patience:
                     break
         bar.close()
-    model.load_state_dict(best_state)
+    if best_state is not None:  # max_epochs = 0: the initial (untrained, seeded) model
+        model.load_state_dict(best_state)
     model.eval()
     return model
 

@@ -12,7 +12,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .rewards import OFF_ITEM_PENALTY
+from .config import OFF_ITEM_PENALTY
 from .trie import ROOT, Trie
 
 

@@ -1,10 +1,12 @@
-"""One training loop for SFT, Flower (theta mix) and pure GFlowNet fine-tuning of a causal LM.
+"""One training loop for every objective of a causal LM: SFT, a GFlowNet loss, or their θ-mix (``config.Objective``).
 
 Built on ``accelerate`` (CPU, one GPU, bf16/fp16, several processes with ``accelerate launch``).
 The data order is a function of (seed, step), so a run resumed from a checkpoint continues exactly
 as if it had not stopped. Checkpoints are written atomically (a temporary file, then a rename).
 Evaluation and early stopping use the validation split only. Every evaluation appends one JSON
-line to ``log.jsonl``; ``config.json`` stores the run's configuration.
+line to ``log.jsonl``; ``config.json`` stores the run's configuration. Ctrl-C writes a checkpoint before
+it stops the run. The loss of every step is :func:`flower_lite.objective.objective_loss`; the policy
+(a full causal LM, :class:`~flower_lite.rollout.LMPolicy`, or a frozen-trunk one) gives the log-probabilities.
 """
 from __future__ import annotations
 
@@ -21,63 +23,26 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from . import losses
-from .prompts import left_pad
-from .rewards import OFF_ITEM_PENALTY, path_rewards, place_stop
-from .rollout import (OfflineSchedule, Trajectories, continue_prompts, item_trajectories, prompt_pass, sample_on_policy,
-                      teacher_forced)
+from .config import TrainConfig
+from .files import atomic_write, atomic_write_text
+from .objective import PathLogProbs, objective_loss
+from .rewards import path_rewards
+from .rollout import LMPolicy, OfflineSchedule
 from .trie import Trie
 
-METHODS = ("sft", "flower", "gfn")
-GFN_LOSSES = ("subtb", "tb", "db")
-TRAJECTORIES = ("offline", "on_policy", "mixed", "catalog")
-SCHEDULES = ("cosine", "linear", "constant")
+__all__ = ["TrainConfig", "FitData", "TrainResult", "Trainer", "TrainingInterrupted", "fit", "lr_lambda",
+           "batch_indices", "load_checkpoint_file"]
+
 RESUME_MAY_CHANGE = {"eval_every", "save_every", "patience"}  # settings a resumed run may change
 
 
-@dataclass
-class TrainConfig:
-    """Settings of a fine-tuning run. ``batch_size`` is the global batch of one optimizer step; it is
-    split over processes, then into ``grad_accum`` micro-batches."""
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during :meth:`Trainer.run`: a checkpoint was written to ``checkpoint`` first (None without an
+    output folder); rerunning the same command resumes from it exactly."""
 
-    method: str = "flower"  # sft | flower (theta mix) | gfn (GFlowNet loss only)
-    loss: str = "subtb"  # the GFlowNet objective: subtb (Flower's) | tb | db
-    theta: float = 0.995
-    lam: float = 1.0
-    granularity: int = 1
-    normalisation: str = "pairs"
-    penalty: float = OFF_ITEM_PENALTY
-    # GFlowNet trajectories: offline (teacher-forced dataset items) | on_policy (trie-masked samples) |
-    # mixed (the reference's offline/on-policy schedule) | catalog (teacher-forced random catalogue items:
-    # exact flows make any item a valid off-policy trajectory, so the tail is covered at SFT's cost)
-    trajectories: str = "offline"
-    temperature: float = 1.0
-    offline_threshold: float = 1.0  # mixed: the offline probability decays when the loss drops below this
-    lr: float = 1e-4
-    log_z_lr: float = 1e-2
-    weight_decay: float = 0.0
-    warmup_steps: int = 20
-    schedule: str = "cosine"
-    batch_size: int = 8
-    grad_accum: int = 1
-    max_steps: int = 100
-    eval_every: int = 20
-    patience: int | None = None  # evaluations without a better validation loss before stopping
-    save_every: int = 50
-    mixed_precision: str = "no"  # no | bf16 | fp16
-    max_grad_norm: float | None = 1.0
-    max_new_tokens: int = 64
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        for name, value, allowed in (
-            ("method", self.method, METHODS), ("loss", self.loss, GFN_LOSSES),
-            ("trajectories", self.trajectories, TRAJECTORIES), ("schedule", self.schedule, SCHEDULES),
-        ):
-            if value not in allowed:
-                raise ValueError(f"unknown {name} {value!r}: expected one of {allowed}")
-        if self.batch_size % self.grad_accum:
-            raise ValueError(f"batch_size {self.batch_size} is not a multiple of grad_accum {self.grad_accum}")
+    def __init__(self, step: int, checkpoint: Path | None):
+        super().__init__(f"interrupted at step {step}")
+        self.step, self.checkpoint = step, checkpoint
 
 
 @dataclass
@@ -135,10 +100,16 @@ def batch_indices(num_rows: int, batch_size: int, step: int, seed: int) -> np.nd
 
 
 class Trainer:
-    """Fine-tunes ``model`` on ``data`` with ``config``; see ``fit`` for the one-call version."""
+    """Fine-tunes a policy on ``data`` with ``config``; see ``fit`` for the one-call version.
+
+    ``model``: a Hugging Face causal LM (wrapped in :class:`~flower_lite.rollout.LMPolicy`) or a policy object
+    with the same methods (``module``, ``bind``, ``prompts``, ``log_probs``, ``sample``, ``item_distributions``).
+    ``log_rewards_fn(reward_rows) -> log R_u [B, N]`` gives per-user rewards (None: the trie's own flows);
+    ``eval_fn(policy) -> dict`` adds metrics to every evaluation.
+    """
 
     def __init__(self, model, tokenizer, trie: Trie, config: TrainConfig, data: FitData, valid: FitData | None = None,
-                 log_rewards_fn: Callable[[np.ndarray], Tensor] | None = None, eval_fn: Callable[[torch.nn.Module], dict] | None = None,
+                 log_rewards_fn: Callable[[np.ndarray], Tensor] | None = None, eval_fn: Callable[[object], dict] | None = None,
                  output_dir: str | Path | None = None, progress: bool = True):
         from accelerate import Accelerator
 
@@ -154,81 +125,52 @@ class Trainer:
             raise ValueError(f"batch_size {config.batch_size} must split evenly over {acc.num_processes} processes x {config.grad_accum} micro-batches")
         self.trie = trie.to(acc.device)
         self.output_dir = Path(output_dir) if output_dir is not None else None
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self._pad_id, self._prompt_cache = pad, {}
-        self.log_z = torch.nn.Parameter(torch.zeros((), device=acc.device))
-        params = [p for p in model.parameters() if p.requires_grad]
+        self.policy = LMPolicy(model, tokenizer) if isinstance(model, torch.nn.Module) else model
+        self.log_z = torch.nn.Parameter(torch.zeros((), device=acc.device))  # TB: relative to the exact log Z
+        params = [p for p in self.policy.module.parameters() if p.requires_grad]
         groups = [{"params": params, "lr": config.lr, "weight_decay": config.weight_decay}]
-        if config.method != "sft" and config.loss == "tb":
+        if config.objective.loss == "tb":
             groups.append({"params": [self.log_z], "lr": config.log_z_lr, "weight_decay": 0.0})
         optimizer = torch.optim.AdamW(groups)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [lr_lambda(config)] * len(groups))
-        self.model, self.optimizer = acc.prepare(model, optimizer)
+        self.model, self.optimizer = acc.prepare(self.policy.module, optimizer)
+        self.policy.bind(self.model)
         self.schedule = OfflineSchedule(threshold=config.offline_threshold)
         self.step, self.best_valid, self.bad_evals, self.best_step = 0, math.inf, 0, None
+        self.best_state: dict[str, Tensor] | None = None  # config.select_best: the weights of best_step
         self.history: list[dict] = []
 
-    # ------------------------------------------------------------------ data
-    def _prompts(self, prompts: list[str]) -> dict[str, Tensor]:
-        rows = []
-        for p in prompts:
-            if p not in self._prompt_cache:
-                self._prompt_cache[p] = self.tokenizer(p)["input_ids"]
-            rows.append(self._prompt_cache[p])
-        return {k: v.to(self.accelerator.device) for k, v in left_pad(rows, self._pad_id).items()}
-
+    # ------------------------------------------------------------------ objective
     def _log_rewards(self, data: FitData, rows: np.ndarray) -> Tensor | None:
         if self.log_rewards_fn is None:
             return None
         keys = data.reward_rows[rows] if data.reward_rows is not None else rows
         return self.log_rewards_fn(keys).to(self.accelerator.device)
 
-    # ------------------------------------------------------------------ objective
     def loss(self, data: FitData, rows: np.ndarray, mode: str = "offline", generator: torch.Generator | None = None) -> tuple[Tensor, dict]:
         """The configured objective on ``rows`` of ``data``; returns (loss, {"sft": ..., "gfn": ...}).
 
         ``mode`` picks the GFlowNet trajectories: ``offline`` (the rows' targets), ``on_policy`` or
         ``catalog`` (both drawn with ``generator``). Validation always uses ``offline``.
         """
-        cfg, trie = self.config, self.trie
-        prompts = self._prompts([data.prompts[i] for i in rows])
-        targets = item_trajectories(trie, torch.as_tensor(data.items[rows], device=trie.device))
-        traj, first = targets, None
-        if cfg.method != "sft" and mode in ("catalog", "on_policy"):
-            # the GFlowNet titles differ from the SFT targets: one pass over the prompts serves both
-            first = prompt_pass(self.model, prompts)
-            if mode == "catalog":
-                items = torch.randint(trie.num_items, (len(rows),), generator=generator, device=generator.device)
-                traj = item_trajectories(trie, items.to(trie.device))
-            else:
-                traj = sample_on_policy(self.accelerator.unwrap_model(self.model), prompts, trie, cfg.temperature,
-                                        generator, cfg.max_new_tokens, first=first)
-        if first is not None:
-            (action, stop), (gfn_action, gfn_stop) = continue_prompts(self.model, prompts, first, [targets, traj], trie.eos_id)
-        else:  # one set of titles, or no usable prompt cache (gradient checkpointing): teacher-force each set
-            action, stop = teacher_forced(self.model, prompts, targets, trie.eos_id)
-            gfn_action, gfn_stop = (action, stop) if traj is targets else teacher_forced(self.model, prompts, traj, trie.eos_id)
-        parts = {}
-        weight = None if data.weights is None else torch.as_tensor(data.weights[rows], dtype=action.dtype, device=action.device)
-        sft = losses.sft_loss(*place_stop(action, stop, targets.lengths.to(action.device)), weight=weight)
-        parts["sft"] = sft.item()
-        if cfg.method == "sft":
-            return sft, parts
-        gfn = self._gfn_loss(traj, gfn_action, gfn_stop, self._log_rewards(data, rows))
-        parts["gfn"] = gfn.item()
-        return (losses.theta_mix(sft, gfn, cfg.theta) if cfg.method == "flower" else gfn), parts
-
-    def _gfn_loss(self, traj: Trajectories, action: Tensor, stop: Tensor, log_rewards: Tensor | None) -> Tensor:
-        cfg = self.config
-        lengths = traj.lengths.to(action.device)
-        rewards = path_rewards(self.trie, traj.tokens.to(self.trie.device), traj.lengths.to(self.trie.device), log_rewards, cfg.penalty)
-        log_stop_reward = rewards.log_stop_reward.to(action.device, action.dtype)
-        if cfg.loss == "subtb":
-            return losses.subtrajectory_balance_loss(action, stop, log_stop_reward, lengths, cfg.lam, cfg.granularity, cfg.normalisation)
-        path, mask = place_stop(action, stop, lengths)
-        if cfg.loss == "tb":
-            return losses.trajectory_balance_loss(path, mask, log_stop_reward.gather(1, lengths[:, None])[:, 0], self.log_z)
-        return losses.detailed_balance_loss(path, rewards.log_r_path.to(action.device, action.dtype), mask, cfg.granularity)
+        objective, trie = self.config.objective, self.trie
+        batch = self.policy.prompts([data.prompts[i] for i in rows])
+        targets = trie.item_trajectories(torch.as_tensor(data.items[rows], device=trie.device))
+        traj = targets
+        if objective.gfn and mode == "catalog":  # exact flows make any catalogue title a valid off-policy trajectory
+            items = torch.randint(trie.num_items, (len(rows),), generator=generator, device=generator.device)
+            traj = trie.item_trajectories(items.to(trie.device))
+        elif objective.gfn and mode == "on_policy":
+            traj = self.policy.sample(batch, trie, self.config.temperature, generator, self.config.max_new_tokens)
+        sets = self.policy.log_probs(batch, [targets] if traj is targets else [targets, traj], trie.eos_id)
+        sft = PathLogProbs(*sets[0], targets.lengths.to(sets[0][0].device))
+        gfn = PathLogProbs(*sets[-1], traj.lengths.to(sets[-1][0].device))
+        weight = None if data.weights is None else torch.as_tensor(data.weights[rows], dtype=sft.action.dtype, device=sft.action.device)
+        rewards = None
+        if objective.gfn:
+            rewards = path_rewards(trie, traj.tokens.to(trie.device), traj.lengths.to(trie.device),
+                                   self._log_rewards(data, rows), objective.penalty)
+        return objective_loss(objective, sft, gfn, rewards, self.log_z, sft_weight=weight)
 
     # ------------------------------------------------------------------ loop
     def train_step(self) -> dict:
@@ -280,13 +222,16 @@ class Trainer:
                 weights.append(len(rows))
             out["valid_loss"] = float(np.average(values, weights=weights))
         if self.eval_fn is not None:
-            out.update(self.eval_fn(self.accelerator.unwrap_model(self.model)))
+            out.update(self.eval_fn(self.policy))
         return out
 
     def run(self, resume: bool = True, stop_at: int | None = None) -> TrainResult:
         """Train until ``max_steps`` or early stopping; resumes from ``output_dir/checkpoint.pt`` if present.
 
-        ``stop_at`` interrupts the run after that step (with a checkpoint), as a crash would.
+        ``stop_at`` interrupts the run after that step (with a checkpoint), as a crash would. Ctrl-C
+        (``KeyboardInterrupt``) writes a checkpoint of the last finished step and raises
+        :class:`TrainingInterrupted`. With ``config.select_best`` the model ends with the weights of the
+        best validation loss.
         """
         cfg, acc = self.config, self.accelerator
         if self.output_dir is not None:
@@ -296,35 +241,51 @@ class Trainer:
             if resume and (self.output_dir / "checkpoint.pt").exists():
                 self.load_checkpoint(self.output_dir / "checkpoint.pt")
         stopped = False
-        bar = tqdm(total=cfg.max_steps, initial=self.step, desc=f"{cfg.method}", disable=not (self.progress and acc.is_main_process))
-        if self.step == 0:  # the initial model is a candidate too
-            record = {"step": 0, **self.evaluate()}
-            stopped = self._early_stopping(record)
-            self._log(record)
-        last = cfg.max_steps if stop_at is None else min(stop_at, cfg.max_steps)
-        while self.step < last and not stopped:
-            stats = self.train_step()
-            bar.update(1)
-            bar.set_postfix(loss=f"{stats['loss']:.4g}")
-            if self.step % cfg.eval_every == 0 or self.step == cfg.max_steps:
-                record = {"step": self.step, **stats, "lr": self.scheduler.get_last_lr()[0], **self.evaluate()}
+        bar = tqdm(total=cfg.max_steps, initial=self.step, desc=cfg.objective.name, disable=not (self.progress and acc.is_main_process))
+        try:
+            if self.step == 0:  # the initial model is a candidate too
+                record = {"step": 0, **self.evaluate()}
                 stopped = self._early_stopping(record)
                 self._log(record)
-            if self.output_dir is not None and (self.step % cfg.save_every == 0 or self.step in (last, cfg.max_steps) or stopped):
-                self.save_checkpoint(self.output_dir / "checkpoint.pt")
+            last = cfg.max_steps if stop_at is None else min(stop_at, cfg.max_steps)
+            while self.step < last and not stopped:
+                stats = self.train_step()
+                bar.update(1)
+                bar.set_postfix(loss=f"{stats['loss']:.4g}")
+                if self.step % cfg.eval_every == 0 or self.step == cfg.max_steps:
+                    record = {"step": self.step, **stats, "lr": self.scheduler.get_last_lr()[0], **self.evaluate()}
+                    stopped = self._early_stopping(record)
+                    self._log(record)
+                if self.output_dir is not None and (self.step % cfg.save_every == 0 or self.step in (last, cfg.max_steps) or stopped):
+                    self.save_checkpoint(self.output_dir / "checkpoint.pt")
+        except KeyboardInterrupt:
+            bar.close()
+            raise self._interrupted() from None
         bar.close()
         if self.output_dir is not None and acc.is_main_process and (self.step >= cfg.max_steps or stopped):
             final = self.output_dir / "final"
             acc.unwrap_model(self.model).save_pretrained(final)
             self.tokenizer.save_pretrained(final)
         acc.wait_for_everyone()
+        if cfg.select_best and self.best_state is not None:
+            acc.unwrap_model(self.model).load_state_dict(self.best_state, strict=False)
         return TrainResult(acc.unwrap_model(self.model), self.history, self.output_dir, self.best_step, stopped)
+
+    def _interrupted(self) -> TrainingInterrupted:
+        """Checkpoint the last finished step (a half-done step left no trace: its update had not run)."""
+        path = None
+        if self.output_dir is not None:
+            path = self.output_dir / "checkpoint.pt"
+            self.save_checkpoint(path)
+        return TrainingInterrupted(self.step, path)
 
     def _early_stopping(self, record: dict) -> bool:
         if "valid_loss" not in record:
             return False
         if record["valid_loss"] < self.best_valid:
             self.best_valid, self.bad_evals, self.best_step = record["valid_loss"], 0, self.step
+            if self.config.select_best:
+                self.best_state = {k: v.clone() for k, v in self._trainable_state().items()}
             if self.output_dir is not None and self.accelerator.is_main_process:
                 _atomic_torch_save(self._trainable_state(), self.output_dir / "best.pt")
             return False
@@ -359,7 +320,8 @@ class Trainer:
     def load_checkpoint(self, path: Path) -> None:
         """Restore a checkpoint written by ``save_checkpoint``; a clear error if it is unreadable."""
         state = load_checkpoint_file(path)
-        changed = sorted(k for k, v in asdict(self.config).items() if k not in RESUME_MAY_CHANGE and state["config"].get(k) != v)
+        saved, now = _flat(state["config"]), _flat(asdict(self.config))
+        changed = sorted(k for k in saved.keys() | now.keys() if k not in RESUME_MAY_CHANGE and saved.get(k) != now.get(k))
         if changed:
             raise ValueError(f"checkpoint {path} was written with other settings ({', '.join(changed)}); use another output_dir")
         model = self.accelerator.unwrap_model(self.model)
@@ -393,26 +355,25 @@ def load_checkpoint_file(path: str | Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated zip, wrong format, pickled objects ...
-        raise ValueError(f"corrupt checkpoint {path}: {type(err).__name__}: {err}") from None
+        raise ValueError(f"corrupt checkpoint {path} ({type(err).__name__}: {err}): {_WAY_OUT}") from None
     if not isinstance(state, dict) or not {"model", "optimizer", "loop", "config"} <= set(state):
-        raise ValueError(f"corrupt checkpoint {path}: missing entries")
+        raise ValueError(f"corrupt checkpoint {path} (missing entries): {_WAY_OUT}")
     return state
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """``write`` a temporary file beside ``path``, then rename it: readers see the old or the new file."""
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
+_WAY_OUT = "delete the file to train this run again from the start, or write the run to another folder"
 
 
 def _atomic_torch_save(obj, path: Path) -> None:
-    _atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (a temporary file and a rename)."""
-    _atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+def _flat(config: dict, prefix: str = "") -> dict:
+    """``{"objective": {"loss": ...}}`` -> ``{"objective.loss": ...}``."""
+    out = {}
+    for k, v in config.items():
+        out |= _flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v}
+    return out
 
 
 def _truncate_log(path: Path, step: int) -> None:

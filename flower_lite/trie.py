@@ -30,6 +30,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .range_sums import range_sums
+
 ROOT = 0
 NO_NODE = -1
 SORTED_LOOKUP_MIN = 1 << 15
@@ -61,6 +63,20 @@ class TrieStructure:
     def to(self, device: torch.device | str) -> "TrieStructure":
         moved = {k: (v.to(device) if isinstance(v, Tensor) else v) for k, v in self.__dict__.items()}
         return TrieStructure(**moved)
+
+
+@dataclass
+class Trajectories:
+    """Title tokens ``[batch, K]`` (0 past the end) and ``lengths [batch]`` (tokens before T): a batch of
+    trajectories s_0 -> ... -> s_k on the trie, T implied after the last token."""
+
+    tokens: Tensor
+    lengths: Tensor
+
+    @property
+    def mask(self) -> Tensor:
+        """[batch, K] True on title tokens."""
+        return torch.arange(self.tokens.shape[1], device=self.tokens.device)[None, :] < self.lengths[:, None]
 
 
 def _check_weights(weights: Sequence[float] | np.ndarray | Tensor, num_items: int) -> Tensor:
@@ -237,6 +253,25 @@ class Trie:
         """[num_items] index of item i's title in ``terminal_nodes`` (duplicates share an index)."""
         return torch.searchsorted(self.terminal_nodes, self.structure.item_terminal)
 
+    def title_items(self) -> list[list[int]]:
+        """Item ids of every title index (``terminal_nodes`` order), ascending; duplicates share a title."""
+        item_title = self.item_title.cpu()
+        order = torch.argsort(item_title, stable=True)
+        counts = torch.bincount(item_title, minlength=int(self.terminal_nodes.numel()))
+        return [chunk.tolist() for chunk in torch.split(order, counts.tolist())]
+
+    def title_first_item(self) -> Tensor:
+        """[num_titles] the lowest item id of each title (the item a duplicate title stands for)."""
+        item_title = self.item_title.cpu()
+        first = torch.full((int(self.terminal_nodes.numel()),), self.num_items, dtype=torch.long)
+        return first.scatter_reduce(0, item_title, torch.arange(self.num_items), reduce="amin")
+
+    def title_labels(self, item_titles: Sequence[str]) -> list[str]:
+        """The text of every title index (``terminal_nodes`` order) from the items' titles [num_items]."""
+        if len(item_titles) != self.num_items:
+            raise ValueError(f"item_titles: expected {self.num_items} titles (one per item), got {len(item_titles)}")
+        return [item_titles[i] for i in self.title_first_item().tolist()]
+
     def nbytes(self) -> int:
         """Memory held by the tensors of the trie (structure and flows)."""
         tensors = [v for v in self.structure.__dict__.values() if isinstance(v, Tensor)] + [self.weights, self.log_flow]
@@ -304,6 +339,24 @@ class Trie:
             tokens[:, d] = torch.where(here, s.token[node], tokens[:, d])
             node = torch.where(here, s.parent[node], node)
         return tokens, lengths
+
+    def node_trajectories(self, nodes: Tensor) -> Trajectories:
+        """The token prefixes of states ``nodes`` [batch] as trajectories (T included for terminal nodes)."""
+        tokens, lengths = self.prefix_tokens(nodes)
+        return Trajectories(tokens.clamp_min(0), lengths)
+
+    def title_trajectories(self, titles: Tensor) -> Trajectories:
+        """The token paths of title indices ``titles`` [batch] (``terminal_nodes`` order), T excluded."""
+        return self.node_trajectories(self.structure.parent[self.terminal_nodes[titles]])
+
+    def item_trajectories(self, items: Tensor) -> Trajectories:
+        """The title token paths of catalogue ``items`` [batch] (T excluded), cut to the longest one."""
+        s = self.structure
+        lengths = s.path_length[items] - 1
+        width = int(lengths.max()) if items.numel() else 0
+        tokens = s.paths[items, :width].clamp_min(0)
+        mask = torch.arange(width, device=tokens.device)[None, :] < lengths[:, None]
+        return Trajectories(torch.where(mask, tokens, torch.zeros_like(tokens)), lengths)
 
     # ------------------------------------------------------------------ flows and token rewards
     def log_flows_at(self, nodes: Tensor) -> Tensor:
@@ -379,46 +432,3 @@ class Trie:
     def item_path(self, item: int) -> list[int]:
         """Item i's token path, T included."""
         return self.structure.paths[item, : int(self.structure.path_length[item])].tolist()
-
-
-def chunk_boundaries(lengths: Tensor, num_states: int, n: int) -> Tensor:
-    """Supervision granularity n: bool ``[batch, num_states]``, True at states t with t % n == 0 or t == lengths.
-
-    State t is the prefix of t tokens; a trajectory of ``lengths[b]`` tokens has states 0..lengths[b].
-    n = 1 supervises every token; n larger than every length keeps only (0, lengths): outcome only.
-    """
-    if n < 1:
-        raise ValueError(f"granularity n must be >= 1, got {n}")
-    t = torch.arange(num_states, device=lengths.device)
-    return ((t % n == 0) & (t[None, :] <= lengths[:, None])) | (t[None, :] == lengths[:, None])
-
-
-def range_sums(values: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
-    """``sum(values[b, lo[b, q] : hi[b, q]])`` for non-negative ``values`` [batch, n] and index
-    tensors ``lo``, ``hi`` [batch, Q] (0 <= lo <= hi <= n).
-
-    A bottom-up segment tree per row (``tree[i] = tree[2i] + tree[2i + 1]``, leaves at ``[n, 2n)``,
-    any n): a range is the sum of at most 2 log2(n) tree nodes, every one a sum of non-negative
-    terms. Unlike differences of a cumulative sum, ``C[hi] - C[lo]``, which lose the relative
-    precision of a range whose sum is small against the row's total (a tail item's reward against
-    ``Z``), the result has a relative error of order log2(n) roundings. Cost: one pass to build (2n
-    values per row), then 2 log2(n) gathers of [batch, Q].
-    """
-    batch, n = values.shape
-    tree = values.new_zeros(batch, 2 * n)
-    tree[:, n:] = values
-    end = n
-    while end > 1:  # parents [start, end) of children [2 start, 2 end), all already built
-        start = (end + 1) // 2
-        tree[:, start:end] = tree[:, 2 * start : 2 * end : 2] + tree[:, 2 * start + 1 : 2 * end : 2]
-        end = start
-    left, right = lo + n, hi + n
-    total = values.new_zeros(lo.shape)
-    for _ in range((2 * n).bit_length()):  # climb one level per step while left < right
-        active = left < right
-        odd_left, odd_right = active & (left % 2 == 1), active & (right % 2 == 1)
-        right = right - odd_right.long()
-        total += torch.where(odd_left, tree.gather(1, left.clamp(max=2 * n - 1)), 0.0)
-        total += torch.where(odd_right, tree.gather(1, right.clamp(max=2 * n - 1)), 0.0)
-        left, right = (left + odd_left.long()) // 2, right // 2
-    return total

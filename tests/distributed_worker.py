@@ -21,6 +21,7 @@ import flower_lite.train as train_module
 from flower_lite.data import load_default_catalog
 from flower_lite.models import make_tiny_model
 from flower_lite.prompts import build_prompt, title_trie
+from flower_lite.config import Objective
 from flower_lite.train import FitData, Trainer, TrainConfig
 
 PROMPT = build_prompt("Recommend a movie.")
@@ -84,7 +85,7 @@ def main() -> None:
 
     model, tok, trie, data, valid, titles = setup()
     initial = {n: p.detach().clone() for n, p in model.named_parameters()}
-    config = TrainConfig(method="flower", theta=0.5, trajectories="offline", max_steps=args.steps, eval_every=2,
+    config = TrainConfig(objective=Objective("subtb", theta=0.5), trajectories="offline", max_steps=args.steps, eval_every=2,
                          save_every=2, lr=3e-3, warmup_steps=1, batch_size=args.batch, grad_accum=args.grad_accum)
     trainer = RecordingTrainer(model, tok, trie, config, data, valid=valid, output_dir=out / "run", progress=False)
     unwrapped = trainer.accelerator.unwrap_model(trainer.model)

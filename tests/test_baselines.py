@@ -3,9 +3,10 @@ import numpy as np
 import pytest
 import torch
 
-from flower_lite import baselines as bl
 from flower_lite import decoding
-from flower_lite import recommend as rec
+from flower_lite.config import Objective
+from flower_lite.experiments import rq2 as rec
+from flower_lite.experiments.rq2 import methods as bl
 from flower_lite.metrics import popularity_group_ids
 from flower_lite.models import build_tiny_model
 from flower_lite.train import FitData, TrainConfig, Trainer
@@ -62,7 +63,7 @@ def test_ifairlrs_weights_reweight_the_sft_loss(setup):
     rows = np.arange(16)
     assert len(np.unique(np.round(weights[rows], 12))) > 1
     model = build_tiny_model(setup.tokenizer, hidden_size=32)
-    trainer = Trainer(model, setup.tokenizer, setup.trie, TrainConfig(method="sft", max_steps=1), setup.fit_data("train"),
+    trainer = Trainer(model, setup.tokenizer, setup.trie, TrainConfig(objective=Objective("sft"), max_steps=1), setup.fit_data("train"),
                       progress=False)
     plain, _ = trainer.loss(setup.fit_data("train"), rows)
     weighted, _ = trainer.loss(setup.fit_data("train", weights), rows)
@@ -79,13 +80,13 @@ def test_ifairlrs_trains_with_the_weights(setup, monkeypatch):
     real = rec.run_method
 
     def spy(name, s, model, train, **kw):
-        captured.update(kw, method=train.method)
+        captured.update(kw, loss=train.objective.loss)
         return real(name, s, model, train, **kw)
 
     monkeypatch.setattr(bl, "run_method", spy)
-    cfg = TrainConfig(method="flower", lr=1e-3, batch_size=8, max_steps=1, eval_every=1, warmup_steps=0)
+    cfg = TrainConfig(objective=rec.FLOWER, lr=1e-3, batch_size=8, max_steps=1, eval_every=1, warmup_steps=0)
     result = bl.ifairlrs(setup, build_tiny_model(setup.tokenizer, hidden_size=32), cfg)
-    assert captured["method"] == "sft"
+    assert captured["loss"] == "sft"
     np.testing.assert_array_equal(captured["weights"], bl.ifairlrs_weights(setup.data, 8))
     assert result.name == "IFairLRS" and len(result.ranked) == len(setup.data.test)
 

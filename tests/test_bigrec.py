@@ -27,10 +27,9 @@ from flower_lite.data.splits import (
     chronological_split,
     next_item_data_from_catalog,
     pad_histories,
-    popularity_groups,
     sliding_window_samples,
 )
-from flower_lite.metrics import group_unfairness
+from flower_lite.metrics import group_unfairness, popularity_group_ids
 
 # ------------------------------------------------------------------ a quirky tiny folder
 
@@ -255,7 +254,7 @@ def test_next_item_data_from_the_synthetic_default() -> None:
             assert seq[max(0, k - 10):k] == h
     counts = data.train_history_counts()
     assert counts.sum() == sum(len(h) for h in data.train.history)
-    groups = data.popularity_groups()
+    groups = popularity_group_ids(counts, 8)
     assert len(groups) == 8 and sum(map(len, groups)) == (counts > 0).sum()
     n_pos = int((counts > 0).sum())
     assert [len(g) for g in groups] == [len(g) for g in np.array_split(np.arange(n_pos), 8)]
@@ -273,7 +272,7 @@ def test_split_and_data_validation() -> None:
     with pytest.raises(ValueError, match=r"valid: target id 5 is outside the catalogue 0\.\.1"):
         NextItemData("x", ["A", "B"], ok, Split([[0]], np.array([5])), ok)
     with pytest.raises(ValueError, match=r"n_groups"):
-        popularity_groups(np.array([0, 3, 0]), 2)
+        popularity_group_ids(np.array([0, 3, 0]), 2)
 
 
 # ------------------------------------------------------------------ the shared Amazon data
@@ -376,7 +375,7 @@ def test_amazon_title_popularity_and_groups(amazon) -> None:
     by_id = data.train_history_counts()
     assert by_id.sum() == pub["history_title_sum"]
     assert (by_id > 0).sum() >= len(by_title)
-    shares = np.array([counts[g].sum() for g in popularity_groups(counts, 8)]) / counts.sum()
+    shares = np.array([counts[g].sum() for g in popularity_group_ids(counts, 8)]) / counts.sum()
     if category in GROUP_SHARES_README:
         assert np.round(shares, 4).tolist() == GROUP_SHARES_README[category]
     np.testing.assert_allclose(shares, GROUP_SHARES_REFERENCE[category], rtol=0, atol=1e-15)

@@ -24,7 +24,7 @@ def test_python_dash_m_entry_point():
 
 def test_fit_recommend_evaluate_round_trip(tmp_path, capsys):
     run = str(tmp_path / "run")
-    assert main(["fit", "--method", "flower", "--steps", "4", "--titles", "30", "--sample-size", "64", "--out", run]) == 0
+    assert main(["fit", "--loss", "subtb", "--theta", "0.995", "--steps", "4", "--titles", "30", "--sample-size", "64", "--out", run]) == 0
     assert json.loads(capsys.readouterr().out.splitlines()[0])["step"] == 4
     assert main(["recommend", "--run", run, "--top", "5"]) == 0
     lines = [x for x in capsys.readouterr().out.splitlines() if x.strip()[:2].rstrip(".").isdigit()]
@@ -39,7 +39,10 @@ def test_compare_prints_and_writes_the_rq2_table(tmp_path, capsys):
     out = tmp_path / "rq2.json"
     assert main(["compare", "--steps", "1", "--train-rows", "200", "--valid-rows", "4", "--test-rows", "6",
                  "--out", str(out)]) == 0
-    rows = json.loads(out.read_text())
+    record = json.loads(out.read_text())
+    rows = record["rows"]
+    assert record["command"].startswith("flower-lite compare --steps 1 --train-rows 200")
+    assert record["environment"]["torch"] and record["environment"]["seconds"] > 0
     methods = [r["method"] for r in rows]
     assert methods == ["popularity", "SASRec", "BIGRec (SFT)", "SFT T=1.5", "D3", "IFairLRS", "Flower", "R_u ceiling (div_s)"]
     for r in rows:

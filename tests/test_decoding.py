@@ -7,21 +7,16 @@ import torch
 from transformers import LogitsProcessorList
 
 from flower_lite.data import load_default_catalog
-from flower_lite.decoding import (
-    NEUTRAL_GENERATION,
-    TrieLogitsProcessor,
-    constrained_item_distribution,
-    decode_states,
-    exact_item_distribution,
-    recommend,
-    sample_items,
-    sample_titles,
-    title_first_item,
-    title_index,
-    title_items,
-)
+from flower_lite.decoding import NEUTRAL_GENERATION, TrieLogitsProcessor, decode_states, recommend, sample_titles, title_index
+from flower_lite.distributions import constrained_item_distribution, exact_item_distribution
 from flower_lite.models import make_tiny_model
 from flower_lite.prompts import encode_prompts, encode_titles, title_trie
+
+
+def sample_items(model, tok, prompts, trie, **kw):
+    """Constrained samples as item ids: a duplicate title stands for its lowest item id."""
+    return trie.title_first_item()[sample_titles(model, tok, prompts, trie, **kw)].tolist()
+
 
 PROMPT = "recommend a movie"
 PROMPTS = [PROMPT, "The user liked Foggy Alibi and Noisy Weekend; next:", "films"]
@@ -138,10 +133,10 @@ def test_generate_with_processor_never_leaves_trie(setup):
 
 def test_title_item_maps(setup):
     _, _, trie, titles, _ = setup
-    groups = title_items(trie)
+    groups = trie.title_items()
     assert sorted(i for g in groups for i in g) == list(range(len(titles)))
     assert [0, 34] in groups and [3, 35] in groups  # the two duplicate titles
-    assert title_first_item(trie).tolist() == [g[0] for g in groups]
+    assert trie.title_first_item().tolist() == [g[0] for g in groups]
 
 
 def test_recommend_returns_distinct_valid_items_independent_of_batching(setup):
@@ -162,7 +157,7 @@ def test_exhaustive_beam_search_ranks_by_exact_probability(setup):
     """With more beams than titles and length_penalty 0, beam search is exhaustive: the exact ranking."""
     model, tok, trie, titles, _ = setup
     p_title, _ = exact_item_distribution(model, tok, PROMPT, trie)
-    groups = title_items(trie)
+    groups = trie.title_items()
     expected = [i for t in torch.argsort(p_title, descending=True).tolist() for i in groups[t]]
     got = recommend(model, tok, [PROMPT], trie, num_beams=40, num_return=40, length_penalty=0.0)[0]
     assert got == expected[:40]

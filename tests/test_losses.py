@@ -81,7 +81,7 @@ def test_subtb_zero_at_stop_anywhere_optimum(trie, granularity, normalisation):
     def loss():
         action, stop = policy.path_log_probs(tokens, lengths)
         return losses.subtrajectory_balance_loss(
-            action, stop, rewards.log_stop_reward, lengths, lam=0.7, granularity=granularity, normalisation=normalisation
+            action, stop, rewards.log_stop_reward, lengths, subtb_lambda=0.7, granularity=granularity, normalisation=normalisation
         )
 
     assert loss().item() == pytest.approx(0.0, abs=1e-20)
@@ -172,7 +172,7 @@ def test_lambda_weights_long_pairs_down():
     lengths = torch.tensor([3])
     # pairs touching state 3: (2,3) w=1, (1,3) w=lam, (0,3) w=lam^2, residual 1 each; 6 pairs in all
     for lam in (1.0, 0.5):
-        got = losses.subtrajectory_balance_loss(action, stop, log_r, lengths, lam=lam)
+        got = losses.subtrajectory_balance_loss(action, stop, log_r, lengths, subtb_lambda=lam)
         assert got.item() == pytest.approx((1 + lam + lam**2) / 6)
 
 

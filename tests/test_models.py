@@ -29,10 +29,24 @@ from flower_lite.prompts import (
     build_prompt,
     encode_prompts,
     left_pad,
-    pad_continuations,
-    sequence_log_probs,
     teacher_forced_log_probs,
 )
+from flower_lite.rollout import teacher_forced
+from flower_lite.trie import Trajectories
+
+
+def ragged(continuations):
+    """Right-padded token lists as trajectories: tokens [B, T] (0 where padded), lengths [B]."""
+    width = max(len(c) for c in continuations)
+    tokens = torch.tensor([list(c) + [0] * (width - len(c)) for c in continuations])
+    return Trajectories(tokens, torch.tensor([len(c) for c in continuations]))
+
+
+def sequence_log_probs(model, batch, continuations):
+    """log pi(a_t | prompt, a_<t) of ragged continuations: (log_pi [B, T], mask [B, T])."""
+    traj = ragged(continuations)
+    log_pi, _ = teacher_forced_log_probs(model, **batch, continuation_ids=traj.tokens, continuation_mask=traj.mask)
+    return log_pi, traj.mask
 
 TITLES = [
     "The Matrix (1999)",
@@ -223,7 +237,7 @@ def test_log_probs_same_alone_and_in_padded_batch(tiny, kind, attn):
     eos = tok.eos_token_id
     conts = [title_ids(tok, t) + [eos] for t in (TITLES[6], TITLES[0], TITLES[4], TITLES[8])]
     batch = encode_prompts(tok, PROMPTS)  # prompts of different lengths
-    ids, mask = pad_continuations(conts)
+    ids, mask = ragged(conts).tokens, ragged(conts).mask
     with torch.no_grad():
         log_pi, log_eos = teacher_forced_log_probs(model, **batch, continuation_ids=ids,
                                                    continuation_mask=mask, extra_token_id=eos)
@@ -251,16 +265,18 @@ def test_log_probs_same_alone_and_in_padded_batch(tiny, kind, attn):
             assert (wrong[conts[shortest][0]] - log_pi[shortest, 0]).abs() > 1e-3
 
 
-def test_sequence_log_probs_matches_teacher_forcing(tiny):
+def test_trajectory_teacher_forcing_matches_teacher_forcing(tiny):
     model, tok = tiny
     conts = [title_ids(tok, t) for t in TITLES[:4]]
     batch = encode_prompts(tok, PROMPTS)
+    traj = ragged(conts)
     with torch.no_grad():
-        log_pi, mask = sequence_log_probs(model, batch, conts)
-        ids, mask2 = pad_continuations(conts)
-        expected, none = teacher_forced_log_probs(model, **batch, continuation_ids=ids, continuation_mask=mask2)
-    assert none is None and torch.equal(mask, mask2) and torch.equal(log_pi, expected)
-    assert mask.sum(1).tolist() == [len(c) for c in conts]
+        log_pi, log_eos = teacher_forced(model, batch, traj, tok.eos_token_id)
+        expected, none = teacher_forced_log_probs(model, **batch, continuation_ids=traj.tokens, continuation_mask=traj.mask)
+        _, eos = teacher_forced_log_probs(model, **batch, continuation_ids=traj.tokens, continuation_mask=traj.mask,
+                                          extra_token_id=tok.eos_token_id)
+    assert none is None and torch.equal(log_pi, expected) and torch.equal(log_eos, eos)
+    assert traj.mask.sum(1).tolist() == [len(c) for c in conts]
 
 
 def test_gradients_flow_through_teacher_forcing(tiny):

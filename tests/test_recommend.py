@@ -1,14 +1,14 @@
-"""The next-item pipeline: prompts, own-row preference rows, exact per-user flows, run_method end to end."""
+"""The next-item pipeline (experiments.rq2): prompts, own-row preference rows, exact per-user flows, run_method end to end."""
 from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
-from flower_lite import recommend as rec
+from flower_lite.config import Objective, RewardSpec
+from flower_lite.experiments import rq2 as rec
 from flower_lite.models import build_tiny_model
 from flower_lite.rewards import path_rewards, personalised_log_rewards
-from flower_lite.rollout import item_trajectories
 from flower_lite.train import TrainConfig, Trainer
 
 VARIANTS = ("logp", "div_s", "add_log_s")
@@ -27,9 +27,9 @@ def setup(next_item_setup):
     return next_item_setup(train_rows=240, valid_rows=24, test_rows=12, seed=0, decode_batch_size=12)
 
 
-def tiny_train(**kw) -> TrainConfig:
-    base = dict(method="sft", lr=3e-3, batch_size=8, max_steps=2, eval_every=1, warmup_steps=0, save_every=1000)
-    return TrainConfig(**{**base, **kw})
+def tiny_train(objective=Objective("sft"), **kw) -> TrainConfig:
+    base = dict(lr=3e-3, batch_size=8, max_steps=2, eval_every=1, warmup_steps=0, save_every=1000)
+    return TrainConfig(objective=objective, **{**base, **kw})
 
 
 def test_subsample_keeps_recent_train_rows_and_fixed_eval_subsets(full):
@@ -71,14 +71,14 @@ def test_preference_rows_belong_to_the_samples_own_row(setup):
 
 def test_the_validation_loss_reads_the_valid_rows(setup):
     seen = []
-    fn = rec.reward_fn(setup.preferences, setup.log_p_pop, "div_s")
+    fn = rec.reward_fn(setup)
 
     def spy(keys):
         seen.append(np.asarray(keys).copy())
         return fn(keys)
 
     model = build_tiny_model(setup.tokenizer, hidden_size=32)
-    trainer = Trainer(model, setup.tokenizer, setup.trie, tiny_train(method="flower"), setup.fit_data("train"),
+    trainer = Trainer(model, setup.tokenizer, setup.trie, tiny_train(rec.FLOWER), setup.fit_data("train"),
                       setup.fit_data("valid"), log_rewards_fn=spy, progress=False)
     trainer.evaluate()
     n_train, n_valid = len(setup.data.train), len(setup.data.valid)
@@ -89,13 +89,13 @@ def test_the_validation_loss_reads_the_valid_rows(setup):
 def test_reward_fn_gives_exact_per_user_flows(setup, variant):
     """Along item i's path the per-user token rewards multiply to R_u(i) / Z_u, for several users."""
     trie, keys = setup.trie, np.array([0, 7, len(setup.data.train) + 3])
-    log_r = rec.reward_fn(setup.preferences, setup.log_p_pop, variant)(keys)
+    log_r = rec.reward_fn(setup, RewardSpec(variant))(keys)
     assert log_r.shape == (3, setup.data.num_items) and log_r.dtype == torch.float64
     torch.testing.assert_close(log_r, personalised_log_rewards(setup.preferences[keys], setup.log_p_pop, variant))
     title_of = trie.item_title.numpy()  # items whose token path no other item shares
     single = np.flatnonzero(np.bincount(title_of)[title_of] == 1).tolist()
     items = torch.tensor([single[0], single[len(single) // 2], single[-1]])
-    traj = item_trajectories(trie, items)
+    traj = trie.item_trajectories(items)
     got = path_rewards(trie, traj.tokens, traj.lengths, log_r).log_r_path.sum(1)
     want = log_r.gather(1, items[:, None])[:, 0] - torch.logsumexp(log_r, dim=1)
     torch.testing.assert_close(got, want, rtol=0, atol=1e-9)
@@ -105,20 +105,22 @@ def test_reward_fn_gives_exact_per_user_flows(setup, variant):
 
 
 def test_reward_fn_rejects_an_unknown_variant(setup):
+    with pytest.raises(ValueError, match="unknown variant 'mul_s'"):
+        rec.reward_fn(setup, RewardSpec("mul_s"))
     with pytest.raises(ValueError, match="unknown reward variant"):
-        rec.reward_fn(setup.preferences, setup.log_p_pop, "mul_s")
+        personalised_log_rewards(setup.preferences[:1], setup.log_p_pop, "mul_s")
 
 
 def test_run_method_end_to_end(setup):
     results = {
         "sft": rec.run_method("sft", setup, build_tiny_model(setup.tokenizer, hidden_size=32), tiny_train()),
         "flower": rec.run_method("flower", setup, build_tiny_model(setup.tokenizer, hidden_size=32),
-                                 tiny_train(method="flower", granularity=3), variant="add_log_s"),
+                                 tiny_train(Objective("subtb", theta=0.995, granularity=3)), reward=RewardSpec("add_log_s")),
     }
     n = setup.data.num_items
     for name, r in results.items():
         m = r.metrics
-        expected = {f"{x}@{k}" for k in setup.config.ks for x in ("hit", "ndcg")} | set(rec.METRIC_KEYS)
+        expected = {f"{x}@{k}" for k in setup.config.ks for x in ("hit", "ndcg")} | set(rec.TABLE_KEYS)
         assert set(m) == expected, name
         for k in expected:
             assert np.isfinite(m[k]), (name, k)
@@ -152,7 +154,7 @@ def test_at_20_decodes_twenty_beams(setup):
 
 
 def test_reward_ranking_is_the_top_k_of_the_reward(setup):
-    r = rec.reward_ranking("R_u", setup, "logp")
+    r = rec.reward_ranking("R_u", setup, RewardSpec("logp"))
     top = np.argsort(-setup.log_p_pop.numpy(), kind="stable")[:10]
     assert set(r.ranked[0]) == set(top.tolist())
     assert all(len(set(row)) == 10 for row in r.ranked)
@@ -162,12 +164,12 @@ def test_target_fit_is_a_finite_divergence_and_preference_subsets_match(setup):
     sub = rec.preference_rows(setup.sasrec, setup.data, "test", rows=[2, 0])
     whole = rec.preference_rows(setup.sasrec, setup.data, "test")
     torch.testing.assert_close(sub, whole[[2, 0]])
-    fit = rec.target_fit(setup, build_tiny_model(setup.tokenizer, hidden_size=32), "div_s", rows=2)
+    fit = rec.target_fit(setup, build_tiny_model(setup.tokenizer, hidden_size=32), rows=2)
     assert set(fit) == {"kl", "kl_reverse"} and all(np.isfinite(v) and v >= 0 for v in fit.values())
 
 
 def test_pop_alpha_flattens_the_popularity_of_the_rewards(setup):
-    flat = rec.prepare(setup.data, setup.tokenizer, None, rec.RecommendConfig(category="movies", pop_alpha=0.5))
-    c = setup.counts.astype(np.float64) + setup.config.pop_eps
+    flat = rec.prepare(setup.data, setup.tokenizer, None, rec.RecommendConfig(category="movies"), RewardSpec(pop_alpha=0.5))
+    c = setup.counts.astype(np.float64) + setup.reward.pop_eps
     torch.testing.assert_close(flat.log_p_pop, torch.as_tensor(0.5 * np.log(c) - np.log(np.sqrt(c).sum())))
     assert flat.log_p_pop.max() - flat.log_p_pop.min() < setup.log_p_pop.max() - setup.log_p_pop.min()

@@ -48,7 +48,7 @@ def test_div_s_and_add_log_s_closed_form():
     log_pop = log_popularity(COUNTS)
     got = personalised_log_rewards(p, log_pop, "div_s")
     torch.testing.assert_close(got[0], log_pop / s[0])
-    add = personalised_log_rewards(p, log_pop, "add_log_s", lam=1.0, min_score=1e-6)
+    add = personalised_log_rewards(p, log_pop, "add_log_s", score_weight=1.0, min_score=1e-6)
     torch.testing.assert_close(add[0], log_pop + minmax_scores(p)[0].clamp_min(1e-6).log())
     torch.testing.assert_close(personalised_log_rewards(p, log_pop, "logp")[0], log_pop)
     # a user who prefers item 3 gives it more reward than the popularity prior does

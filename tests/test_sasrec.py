@@ -9,12 +9,11 @@ import torch
 
 from flower_lite.data import load_default_catalog
 from flower_lite.data.splits import NextItemData, Split, next_item_data_from_catalog
-from flower_lite.metrics import hit_at_k, ndcg_at_k
+from flower_lite.metrics import hit_at_k, ndcg_at_k, rank_metrics
 from flower_lite.sasrec import (
     SASRec,
     SASRecConfig,
     popularity_recommend,
-    rank_metrics,
     target_ranks,
     train_sasrec,
 )
@@ -58,7 +57,7 @@ def test_beats_popularity_and_a_history_blind_control_does_not(data, trained) ->
     blind_best = max(h["valid_ndcg@10"] for h in blind_history)
     assert blind_best < pop + MARGIN, (blind_best, pop)
     # on test too (never used for selection)
-    test = rank_metrics(target_ranks(model.scores(data.test.history), data.test.target))
+    test = rank_metrics(target_ranks(model.scores(data.test.history), data.test.target).numpy())
     assert test["ndcg@10"] >= popularity_ndcg(data, data.test) + MARGIN
 
 
@@ -67,7 +66,7 @@ def test_selection_keeps_the_best_validation_epoch(data, trained) -> None:
     assert [h["epoch"] for h in history] == list(range(1, len(history) + 1))
     best = max(history, key=lambda h: h["valid_ndcg@10"])
     assert len(history) - best["epoch"] == FAST["patience"]  # early stopping fired
-    again = rank_metrics(target_ranks(model.scores(data.valid.history), data.valid.target))
+    again = rank_metrics(target_ranks(model.scores(data.valid.history), data.valid.target).numpy())
     assert again["ndcg@10"] == pytest.approx(best["valid_ndcg@10"], abs=1e-9)
     assert not model.training
 
@@ -81,7 +80,7 @@ def test_probabilities_and_recommendations(data, trained) -> None:
     ranked = model.recommend(data.valid.history, 10)
     assert torch.equal(torch.tensor(ranked), p.topk(10, dim=1).indices)
     # the fast rank metrics agree with the list metrics of flower_lite.metrics
-    fast = rank_metrics(target_ranks(model.scores(data.valid.history), data.valid.target))
+    fast = rank_metrics(target_ranks(model.scores(data.valid.history), data.valid.target).numpy())
     assert fast["ndcg@10"] == pytest.approx(ndcg_at_k(ranked, data.valid.target, 10), abs=1e-9)
     assert fast["hit@10"] == pytest.approx(hit_at_k(ranked, data.valid.target, 10), abs=1e-9)
     excl = model.recommend(data.valid.history[:50], 10, exclude_history=True)

@@ -7,7 +7,8 @@ from flower_lite.data import load_default_catalog
 from flower_lite.rewards import popularity_rewards
 from flower_lite.tabular import TabularPolicy, flow_optimum
 from flower_lite.tokenizer import WordTokenizer
-from flower_lite.toy import ToyConfig, compare_methods, fit_toy, sample_titles
+from flower_lite.config import Objective
+from flower_lite.toy import ToyConfig, compare_methods, draw_target_sample, fit_toy
 from flower_lite.trie import Trie
 
 
@@ -44,33 +45,35 @@ def test_sampling_matches_the_exact_distribution():
 
 
 def test_flower_fits_the_target_and_sft_on_a_finite_sample_does_not(default_trie):
-    runs = compare_methods(default_trie, {"sft": ToyConfig(method="sft"), "flower": ToyConfig(method="flower")}, progress=False)
+    runs = compare_methods(default_trie, {"sft": ToyConfig(Objective("sft")), "flower": ToyConfig(Objective("subtb"))}, progress=False)
     kl = {name: run.final["kl"] for name, run in runs.items()}
     assert kl["flower"] <= 1e-3
     assert kl["sft"] > 0.05  # unseen titles get no mass: a broken SFT that copied the target would pass below
     # SFT learns the sample: its distribution matches the empirical frequencies of the 1000 titles
-    sample = sample_titles(default_trie, 1000, 0)
+    sample = draw_target_sample(default_trie, 1000, 0)
     empirical = np.bincount(sample, minlength=default_trie.terminal_nodes.numel()) / 1000
     q, _ = runs["sft"].policy.title_distribution()
     assert np.abs(q.numpy() - empirical).sum() < 0.05
 
 
-@pytest.mark.parametrize("method", ["tb", "db"])
-def test_tb_and_db_fit_the_target(default_trie, method):
-    run = fit_toy(default_trie, ToyConfig(method=method, steps=300), progress=False)
+@pytest.mark.parametrize("loss", ["tb", "db"])
+def test_tb_and_db_fit_the_target(default_trie, loss):
+    run = fit_toy(default_trie, ToyConfig(Objective(loss), steps=300), progress=False)
     assert run.final["kl"] <= 1e-2
     assert run.history[0]["kl"] > 10 * run.final["kl"]
 
 
 def test_fits_are_reproducible_by_seed(default_trie):
-    cfg = ToyConfig(method="flower", steps=20, trajectories="mixed", seed=4)
+    cfg = ToyConfig(Objective("subtb"), steps=20, trajectories="catalog+on_policy", seed=4)
     a, b = fit_toy(default_trie, cfg, progress=False), fit_toy(default_trie, cfg, progress=False)
     assert a.history == b.history
     torch.testing.assert_close(a.policy.edge_logit, b.policy.edge_logit)
 
 
 def test_bad_config_is_named():
-    with pytest.raises(ValueError, match="unknown method"):
-        ToyConfig(method="ppo")
+    with pytest.raises(ValueError, match="unknown loss"):
+        ToyConfig(Objective("ppo"))
     with pytest.raises(ValueError, match="unknown trajectories"):
         ToyConfig(trajectories="all")
+    with pytest.raises(ValueError, match="steps must be >= 0"):
+        ToyConfig(steps=-5)

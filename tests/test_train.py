@@ -10,7 +10,8 @@ from flower_lite.models import enable_gradient_checkpointing, make_tiny_model, r
 from flower_lite.prompts import build_prompt, title_trie
 from flower_lite.rewards import log_popularity
 from flower_lite.prompts import encode_prompts
-from flower_lite.rollout import continue_prompts, item_trajectories, prompt_pass, sample_on_policy, teacher_forced
+from flower_lite.config import Objective
+from flower_lite.rollout import continue_prompts, prompt_pass, sample_on_policy, teacher_forced
 from flower_lite.train import FitData, Trainer, TrainConfig, fit, load_checkpoint_file
 
 PROMPT = build_prompt("Recommend a movie.")
@@ -31,10 +32,10 @@ def fresh_model(titles):
     return make_tiny_model(titles + [PROMPT])[0]
 
 
-def config(**kw):
-    base = dict(method="flower", theta=0.5, trajectories="mixed", offline_threshold=1e9, max_steps=6, eval_every=2,
+def config(objective=Objective("subtb", theta=0.5), **kw):
+    base = dict(trajectories="mixed", offline_threshold=1e9, max_steps=6, eval_every=2,
                 save_every=100, lr=3e-3, warmup_steps=2, batch_size=8, grad_accum=2)
-    return TrainConfig(**{**base, **kw})
+    return TrainConfig(objective=objective, **{**base, **kw})
 
 
 def test_resume_equals_uninterrupted_training(setup, tmp_path):
@@ -54,24 +55,25 @@ def test_resume_equals_uninterrupted_training(setup, tmp_path):
 
 def test_training_lowers_the_loss_for_every_method(setup):
     titles, tok, trie, data, _ = setup
-    for method, trajectories in [("sft", "offline"), ("flower", "offline"), ("gfn", "on_policy")]:
-        cfg = config(method=method, trajectories=trajectories, max_steps=12, eval_every=12, lr=1e-2, warmup_steps=0, schedule="constant")
+    for objective, trajectories in [(Objective("sft"), "offline"), (Objective("subtb", theta=0.5), "offline"),
+                                    (Objective("subtb"), "on_policy")]:
+        cfg = config(objective, trajectories=trajectories, max_steps=12, eval_every=12, lr=1e-2, warmup_steps=0, schedule="constant")
         result = fit(fresh_model(titles), tok, trie, cfg, data, valid=data, progress=False)
         first, last = result.history[0]["valid_loss"], result.history[-1]["valid_loss"]
-        assert last < 0.9 * first, (method, first, last)
+        assert last < 0.9 * first, (objective.name, first, last)
 
 
 def test_tb_learns_log_z_and_db_runs(setup):
     titles, tok, trie, data, _ = setup
-    result = fit(fresh_model(titles), tok, trie, config(method="gfn", loss="tb", trajectories="offline", log_z_lr=0.5), data, progress=False)
+    result = fit(fresh_model(titles), tok, trie, config(Objective("tb"), trajectories="offline", log_z_lr=0.5), data, progress=False)
     assert all(np.isfinite(r["loss"]) for r in result.history[1:])
-    db = fit(fresh_model(titles), tok, trie, config(method="gfn", loss="db", trajectories="offline", granularity=2), data, progress=False)
+    db = fit(fresh_model(titles), tok, trie, config(Objective("db", granularity=2), trajectories="offline"), data, progress=False)
     assert db.history[-1]["loss"] < db.history[1]["loss"]
 
 
 def test_per_user_rewards_reach_the_loss(setup):
     titles, tok, trie, data, counts = setup
-    trainer = Trainer(fresh_model(titles), tok, trie, config(method="gfn", trajectories="offline"), data, progress=False)
+    trainer = Trainer(fresh_model(titles), tok, trie, config(Objective("subtb"), trajectories="offline"), data, progress=False)
     rows = np.arange(8)
     plain, _ = trainer.loss(data, rows)
     pop = log_popularity(counts)
@@ -84,7 +86,7 @@ def test_per_user_rewards_reach_the_loss(setup):
 
 def test_early_stopping_selects_on_validation(setup, tmp_path):
     titles, tok, trie, data, _ = setup
-    cfg = config(method="sft", trajectories="offline", lr=0.5, warmup_steps=0, schedule="constant", patience=2, max_steps=40, eval_every=1)
+    cfg = config(Objective("sft"), trajectories="offline", lr=0.5, warmup_steps=0, schedule="constant", patience=2, max_steps=40, eval_every=1)
     result = fit(fresh_model(titles), tok, trie, cfg, data, valid=data, output_dir=tmp_path, progress=False)
     assert result.stopped_early and result.history[-1]["step"] < 40
     valid = [r["valid_loss"] for r in result.history]
@@ -113,7 +115,7 @@ def test_sampled_trajectories_stay_on_the_trie(setup):
     nodes = trie.walk(traj.tokens, traj.mask)
     ends = nodes.gather(1, traj.lengths[:, None])[:, 0]
     assert (ends >= 0).all() and (trie.stop_child(ends) >= 0).all()  # every sample is a complete title
-    back = item_trajectories(trie, torch.arange(len(titles)))
+    back = trie.item_trajectories(torch.arange(len(titles)))
     assert back.tokens.shape[0] == len(titles)
 
 
@@ -124,8 +126,8 @@ def test_one_prompt_pass_equals_teacher_forcing_each_set(setup):
     titles, tok, trie, _, _ = setup
     model = fresh_model(titles).train()
     prompts = encode_prompts(tok, [PROMPT, "Recommend", build_prompt("Recommend a movie.", titles[:3], "movie")])
-    short = item_trajectories(trie, torch.tensor([0, 0, 1]))
-    long = item_trajectories(trie, torch.tensor([int(np.argmax([len(p) for p in trie.structure.paths.tolist()])), 7, 2]))
+    short = trie.item_trajectories(torch.tensor([0, 0, 1]))
+    long = trie.item_trajectories(torch.tensor([int(np.argmax([len(p) for p in trie.structure.paths.tolist()])), 7, 2]))
     assert short.tokens.shape[1] != long.tokens.shape[1] and (prompts["attention_mask"] == 0).any()
     params = [p for p in model.parameters() if p.requires_grad]
     shared = continue_prompts(model, prompts, prompt_pass(model, prompts), [short, long], trie.eos_id)
@@ -160,15 +162,17 @@ def test_gradient_checkpointing_falls_back_to_one_pass_per_set(setup):
         trainer = Trainer(model, tok, trie, config(max_steps=1), data, progress=False)
         model.train()
         if checkpointing:
-            assert prompt_pass(model, trainer._prompts([PROMPT])) is None
+            assert prompt_pass(model, trainer.policy.prompts([PROMPT]).encoded) is None
         loss, _ = trainer.loss(data, np.arange(8), "on_policy", torch.Generator().manual_seed(5))
         losses_by_mode.append(loss.item())
     assert losses_by_mode[0] == pytest.approx(losses_by_mode[1], rel=1e-5)
 
 
 def test_bad_settings_are_named():
-    with pytest.raises(ValueError, match="unknown method"):
-        TrainConfig(method="ppo")
+    with pytest.raises(ValueError, match="unknown loss"):
+        Objective("ppo")
+    with pytest.raises(ValueError, match="theta must be <= 1"):
+        Objective("subtb", theta=1.5)
     with pytest.raises(ValueError, match="grad_accum"):
         TrainConfig(batch_size=6, grad_accum=4)
     with pytest.raises(ValueError, match="prompts"):
@@ -180,8 +184,8 @@ def test_one_sft_and_one_flower_step_on_the_qwen2_5_0_5b_architecture(setup):
     titles, tok, trie, data, _ = setup
     model = random_qwen2_5_0_5b()  # random weights from the real config (494M parameters)
     before = model.model.embed_tokens.weight[:50].clone()
-    for method in ("sft", "flower"):
-        cfg = TrainConfig(method=method, theta=0.995, max_steps=1, eval_every=1, batch_size=2, warmup_steps=0, lr=1e-4)
+    for objective in (Objective("sft"), Objective("subtb", theta=0.995)):
+        cfg = TrainConfig(objective=objective, max_steps=1, eval_every=1, batch_size=2, warmup_steps=0, lr=1e-4)
         result = fit(model, tok, trie, cfg, data, progress=False)
         assert np.isfinite(result.history[-1]["loss"])
     assert not torch.equal(before, model.model.embed_tokens.weight[:50])

@@ -8,7 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from flower_lite import trie as trie_module
-from flower_lite.trie import Trie, chunk_boundaries, range_sums
+from flower_lite.losses import chunk_boundaries
+from flower_lite.range_sums import range_sums
+from flower_lite.trie import Trie
 
 EOS = 0
 

@@ -7,6 +7,7 @@ import pytest
 from flower_lite import widgets
 from flower_lite.data import load_default_catalog
 from flower_lite.tokenizer import WordTokenizer
+from flower_lite.toy import fit_toy
 from flower_lite.trie import Trie
 
 
@@ -43,7 +44,7 @@ def test_initial_state(catalog_bits):
     assert set(panel.figures()) == {"target", "trie"}
     assert np.allclose(target_trace(panel), np.sort(panel.target())[::-1])  # the figure shows the target
     assert panel.widget is not None and panel.user is not None
-    # alpha = 1, beta = 0, lam = 0: the target is the smoothed popularity (c(i) + 1) / Z
+    # alpha = 1, beta = 0, w = 0: the target is the smoothed popularity (c(i) + 1) / Z
     c = catalog.counts() + 1.0
     assert np.allclose(panel.item_target(), c / c.sum())
 
@@ -81,9 +82,9 @@ def test_beta_one_makes_the_target_uniform(catalog_bits):
 def test_personalisation_and_user_change_the_target(catalog_bits):
     panel = make_panel(catalog_bits)
     base = panel.target().copy()
-    panel.user.value = 1  # with lam = 0 the user does not matter
+    panel.user.value = 1  # with w = 0 the user does not matter
     assert np.allclose(panel.target(), base)
-    panel.lam.value = 1.0
+    panel.weight.value = 1.0
     user1 = panel.target().copy()
     assert not np.allclose(user1, base)
     fig1 = target_trace(panel)
@@ -101,27 +102,27 @@ def test_personalisation_and_user_change_the_target(catalog_bits):
 def test_div_s_variant_blends(catalog_bits):
     panel = make_panel(catalog_bits, variant="div_s")
     base = panel.item_target()
-    panel.lam.value = 1.0
-    assert panel.lam.max == 1.0 and not np.allclose(panel.item_target(), base)
+    panel.weight.value = 1.0
+    assert panel.weight.max == 1.0 and not np.allclose(panel.item_target(), base)
     with pytest.raises(ValueError, match="variant"):
         make_panel(catalog_bits, variant="logp")
 
 
 def test_without_prefs_there_is_no_user(catalog_bits):
     panel = make_panel(catalog_bits, with_prefs=False)
-    assert panel.user is None and panel.lam.disabled
+    assert panel.user is None and panel.weight.disabled
     base = panel.target().copy()
-    panel.lam.value = 1.0  # ignored without preferences
+    panel.weight.value = 1.0  # ignored without preferences
     assert np.allclose(panel.target(), base)
 
 
 def test_train_panel_runs_and_plots():
     trie = Trie.from_sequences([[1, 2], [1, 3], [4]], [3.0, 1.0, 2.0], 0)
-    panel = widgets.TrainPanel(trie, steps=10, method="sft", progress=False)
+    panel = widgets.TrainPanel(trie, fit_toy, steps=10, loss="sft", progress=False)
     assert panel.figures() == {}
     run = panel.train()
     assert len(run.history) == 2  # steps 0 and 10
-    panel.method.value = "db"
+    panel.loss.value = "db"
     panel.train()
     assert list(panel.runs) == ["sft #1", "db #2"]
     figs = panel.figures()
@@ -134,7 +135,7 @@ def test_train_panel_runs_and_plots():
 
 def test_train_panel_follows_a_trie_callable(catalog_bits):
     shaping = make_panel(catalog_bits, with_prefs=False)
-    panel = widgets.TrainPanel(lambda: shaping.trie, steps=10, method="sft", progress=False)
+    panel = widgets.TrainPanel(lambda: shaping.trie, fit_toy, steps=10, loss="sft", progress=False)
     shaping.alpha.value = 0.0
     panel.train()
     assert np.allclose(panel.figures()["distribution"].data[0].y, np.sort(shaping.target())[::-1])
@@ -142,7 +143,7 @@ def test_train_panel_follows_a_trie_callable(catalog_bits):
 
 def test_mime_bundle_of_a_figure_does_not_display_it(catalog_bits):
     fig = make_panel(catalog_bits, with_prefs=False).figures()["target"]
-    bundle = widgets._mime_bundle(fig)
+    bundle = widgets.mime_bundle(fig)
     assert "application/vnd.plotly.v1+json" in bundle and "text/plain" in bundle
 
 

@@ -27,11 +27,10 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
-from ..metrics import popularity_group_ids
 from .catalog import Catalog
 
 __all__ = [
-    "MAX_HISTORY", "Sample", "Split", "NextItemData", "popularity_groups",
+    "MAX_HISTORY", "Sample", "Split", "NextItemData",
     "sliding_window_samples", "chronological_split", "next_item_data_from_catalog",
 ]
 
@@ -147,16 +146,6 @@ def pad_histories(histories: Sequence[Sequence[int]], max_len: int, pad: int) ->
     return out
 
 
-def popularity_groups(counts: np.ndarray, n_groups: int = 8) -> list[np.ndarray]:
-    """The IFairLRS popularity groups of METHOD.md section 8 (most popular first).
-
-    Items with c(i) > 0 sorted by count descending (ties: smaller id first), cut with
-    ``numpy.array_split``: the rule of :func:`flower_lite.metrics.popularity_group_ids`,
-    which this calls. ``counts``: shape ``[N]``.
-    """
-    return popularity_group_ids(counts, n_groups)
-
-
 @dataclass(frozen=True, eq=False)
 class NextItemData:
     """A next-item data set: the item titles and the train / valid / test splits.
@@ -223,12 +212,6 @@ class NextItemData:
                 t = titles[i]
                 out[t] = out.get(t, 0) + 1
         return out
-
-    def popularity_groups(self, counts: np.ndarray | None = None,
-                          n_groups: int = 8) -> list[np.ndarray]:
-        """:func:`popularity_groups` of ``counts`` (default :meth:`train_history_counts`)."""
-        return popularity_groups(self.train_history_counts() if counts is None else counts,
-                                 n_groups)
 
     def stats(self) -> dict[str, float]:
         """Summary numbers: items, rows and mean history length per split, the number of

@@ -1,15 +1,18 @@
-"""The main job: fit the toy policy on the embedded default catalogue with SFT and Flower, compare, report."""
+"""The main job (``flower-lite demo``): fit the tabular toy on the embedded default catalogue with every
+objective, compare them exactly, write a report. Notebook 02 runs the same comparison step by step."""
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .data import load_default_catalog
-from .rewards import popularity_rewards
-from .tokenizer import WordTokenizer
-from .toy import ToyConfig, compare_methods, summary_row
-from .trie import Trie
+from ..config import Objective
+from ..data import load_default_catalog
+from ..files import atomic_write_text
+from ..rewards import popularity_rewards
+from ..tokenizer import WordTokenizer
+from ..toy import ToyConfig, compare_methods, summary_row
+from ..trie import Trie
 
 TABLE_KEYS = ("kl", "kl_reverse", "js", "tv", "coverage", "gini", "tail_share", "invalid")
 
@@ -28,15 +31,13 @@ def default_trie() -> tuple[Trie, WordTokenizer, list[str]]:
     return Trie.from_sequences(sequences, popularity_rewards(catalog.counts()), tok.eos_id), tok, catalog.titles
 
 
+DEMO_OBJECTIVES = (Objective("sft"), Objective("tb"), Objective("db"), Objective("subtb"), Objective("subtb", theta=0.995))
+"""SFT on a finite sample, the three GFlowNet losses alone, and SubTB mixed with SFT as in the paper (Flower)."""
+
+
 def demo_configs(steps: int, seed: int) -> dict[str, ToyConfig]:
-    """SFT on a finite sample, the three GFlowNet objectives, and Flower mixed with SFT as in the paper."""
-    return {
-        "sft": ToyConfig(method="sft", steps=steps, seed=seed),
-        "tb": ToyConfig(method="tb", steps=steps, seed=seed),
-        "db": ToyConfig(method="db", steps=steps, seed=seed),
-        "flower": ToyConfig(method="flower", steps=steps, seed=seed),
-        "flower θ=0.995": ToyConfig(method="flower", steps=steps, seed=seed, theta=0.995),
-    }
+    """One :class:`ToyConfig` per objective of :data:`DEMO_OBJECTIVES`, named by ``Objective.name``."""
+    return {o.name: ToyConfig(objective=o, steps=steps, seed=seed) for o in DEMO_OBJECTIVES}
 
 
 def format_table(rows: list[dict]) -> str:
@@ -58,14 +59,14 @@ def run_demo(out_dir: str | Path | None = "reports/demo", steps: int = 300, samp
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "results.json").write_text(json.dumps(rows, indent=2, default=str))
+        atomic_write_text(out / "results.json", json.dumps(rows, indent=2, default=str))
         report = write_report(out / "report.html", trie, runs, rows)
     return DemoResult(rows, report)
 
 
 def run_llm_demo(out_dir: str | Path | None = "reports/demo", steps: int = 200, sample_size: int = 500, seed: int = 0, progress: bool = True) -> list[dict]:
     """The LLM section: SFT vs Flower on the tiny causal LM (RQ1 on the default catalogue), exact fit per method."""
-    from .fitting import run_fit
+    from .rq1 import run_fit
 
     rows = []
     for method in ("sft", "flower"):
@@ -84,7 +85,7 @@ def format_llm_table(rows: list[dict]) -> str:
 
 def write_report(path: Path, trie: Trie, runs: dict, rows: list[dict]) -> Path:
     """One self-contained HTML page (plotly.js embedded once) with the table and the figures."""
-    from . import viz  # plotting is imported only when a report is written
+    from .. import viz  # plotting is imported only when a report is written
 
     target = trie.title_log_probs().exp().numpy()
     models = {name: run.policy.title_distribution()[0].numpy() for name, run in runs.items()}
@@ -99,7 +100,4 @@ def write_report(path: Path, trie: Trie, runs: dict, rows: list[dict]) -> Path:
         "<h1>flower_lite demo: SFT vs Flower on the default catalogue</h1>"
         f"<pre>{format_table(rows)}</pre>" + "".join(parts) + "</body></html>"
     )
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(html, encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return atomic_write_text(path, html)

@@ -1,0 +1,114 @@
+"""Exact item distributions of a causal LM after one prompt (METHOD.md 6): no sampling noise.
+
+* :func:`exact_item_distribution`: the unconstrained model's probability of writing every title, by
+  teacher forcing each title path (the rest is the invalid mass: outputs that are no catalogue title).
+* :func:`constrained_item_distribution`: the exact distribution of trie-constrained sampling
+  (:func:`flower_lite.decoding.sample_titles`), renormalised over the trie children at every state.
+
+Titles are indexed like ``trie.terminal_nodes`` (duplicate titles pooled).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from .prompts import encode_prompts, model_device, teacher_forced_log_probs, teacher_forced_logits
+from .trie import Trie
+
+__all__ = ["exact_item_distribution", "constrained_item_distribution"]
+
+
+def _prompt_batch(tokenizer, prompt: str, rows: int, device: torch.device) -> dict[str, Tensor]:
+    one = encode_prompts(tokenizer, [prompt])
+    return {k: v.expand(rows, -1).to(device) for k, v in one.items()}
+
+
+@torch.no_grad()
+def exact_item_distribution(
+    model: torch.nn.Module, tokenizer, prompt: str, trie: Trie, batch_size: int = 256
+) -> tuple[Tensor, float]:
+    """The unconstrained model's probability of writing each title (then T) after ``prompt``.
+
+    Every title path (T included) is teacher-forced with :func:`teacher_forced_log_probs`, in batches
+    of ``batch_size`` titles; ``p(title) = exp(sum_t log pi(a_t | s_t))``.
+
+    Returns:
+        p_title: float64 ``[num_titles]`` in ``trie.terminal_nodes`` order (duplicates pooled:
+            the model writes one string for all of them).
+        invalid_mass: ``1 - p_title.sum()``, the mass on outputs that are not catalogue titles
+            (including ones that never write T).
+    """
+    trie = trie.to("cpu")
+    device = model_device(model)
+    paths = trie.node_trajectories(trie.terminal_nodes)  # title tokens and T
+    tokens, mask = paths.tokens, paths.mask
+    log_p = []
+    for start in range(0, tokens.shape[0], batch_size):
+        ids, m = tokens[start : start + batch_size].to(device), mask[start : start + batch_size].to(device)
+        prompt_batch = _prompt_batch(tokenizer, prompt, ids.shape[0], device)
+        log_pi, _ = teacher_forced_log_probs(model, **prompt_batch, continuation_ids=ids, continuation_mask=m)
+        log_p.append(log_pi.double().sum(-1).cpu())
+    p_title = torch.cat(log_p).exp()
+    return p_title, float(1.0 - p_title.sum())
+
+
+@torch.no_grad()
+def constrained_item_distribution(
+    model: torch.nn.Module,
+    tokenizer,
+    prompt: str,
+    trie: Trie,
+    batch_size: int = 256,
+    temperature: float = 1.0,
+) -> Tensor:
+    """Exact title distribution of constrained sampling (:func:`sample_titles`) after ``prompt``.
+
+    At every state s the policy is ``q(a | s) = softmax(logits(s) / temperature)`` renormalised over
+    the trie children of s, and ``p(title) = prod_t q(a_t | s_t)`` (T included); the result sums to 1.
+
+    Cost: one teacher-forced forward pass per *maximal* title (a title that is not a token prefix of
+    another one: the states of the others lie on their paths), in batches of ``batch_size``. Each
+    distinct trie node is normalised once: the log-softmax over its children is taken at its first
+    occurrence, and ``log q`` of every edge is stored per child node; the title log-probs then follow
+    top-down, depth by depth. Memory: the batch's logits, ``batch_size x (max path + 1) x V`` floats.
+
+    Returns float64 ``[num_titles]`` in ``trie.terminal_nodes`` order.
+    """
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    trie = trie.to("cpu")
+    s = trie.structure
+    device = model_device(model)
+    terminals = trie.terminal_nodes
+    maximal = terminals[(s.child_hi - s.child_lo)[s.parent[terminals]] == 1]
+    paths = trie.node_trajectories(s.parent[maximal])  # titles without T: the last state's children hold T
+    tokens, mask = paths.tokens, paths.mask
+    edge_log_q = torch.zeros(trie.num_nodes, dtype=torch.float64)  # log q(token[n] | parent[n])
+    done = torch.zeros(trie.num_nodes, dtype=torch.bool)
+    for start in range(0, tokens.shape[0], batch_size):
+        ids, m = tokens[start : start + batch_size], mask[start : start + batch_size]
+        states = trie.walk(ids, m)  # [b, w + 1]; state t exists for t <= title length
+        batch = _prompt_batch(tokenizer, prompt, ids.shape[0], device)
+        logits = teacher_forced_logits(model, batch["input_ids"], batch["attention_mask"], batch["position_ids"], ids.to(device), m.to(device))
+        logits = logits.flatten(0, 1)  # [b * (w + 1), V], on the model's device
+        flat = states.flatten()
+        position = torch.arange(flat.numel())
+        keep = flat >= 0
+        first = torch.full((trie.num_nodes,), flat.numel(), dtype=torch.long)
+        first.scatter_reduce_(0, flat[keep], position[keep], reduce="amin")
+        nodes = torch.nonzero((first < flat.numel()) & ~done).flatten()  # distinct new states in this batch
+        done[nodes] = True
+        counts = s.child_hi[nodes] - s.child_lo[nodes]
+        seg = torch.repeat_interleave(torch.arange(nodes.numel()), counts)  # edge -> its state
+        edges = s.child_lo[nodes][seg] + torch.arange(seg.numel()) - torch.repeat_interleave(counts.cumsum(0) - counts, counts)
+        vals = logits[first[nodes][seg].to(device), s.token[edges].to(device)].cpu().double() / temperature
+        peak = torch.full((nodes.numel(),), -math.inf, dtype=torch.float64).scatter_reduce(0, seg, vals, reduce="amax")
+        total = torch.zeros(nodes.numel(), dtype=torch.float64).index_add_(0, seg, (vals - peak[seg]).exp())
+        edge_log_q[edges] = vals - (peak + total.log())[seg]
+    log_p = torch.zeros(trie.num_nodes, dtype=torch.float64)
+    for d in range(1, len(s.depth_start) - 1):  # top-down: children have larger ids, one depth at a time
+        n = torch.arange(int(s.depth_start[d]), int(s.depth_start[d + 1]))
+        log_p[n] = log_p[s.parent[n]] + edge_log_q[n]
+    return log_p[terminals].exp()

@@ -1,0 +1,179 @@
+"""The tables of results/README.md, rendered from the records their commands wrote (results/records/*.json).
+
+    python results/tables.py            # rewrite every table block of results/README.md from its records
+    python results/tables.py --check    # exit 1 and name the block when a table differs from its records
+
+A table block in the README sits between ``<!-- table: NAME -->`` and ``<!-- end table -->``; everything
+inside (the commands and the Markdown table) is generated here from the records of :data:`TABLES`, so a
+table cannot be edited by hand or drift from the command beside it (``tests/test_results.py`` runs the
+check). To change a number, rerun the command shown in the block, then this script.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+HERE = Path(__file__).resolve().parent
+README = HERE / "README.md"
+RECORDS = HERE / "records"
+BLOCK = re.compile(r"<!-- table: (?P<name>[\w-]+) -->\n(?P<body>.*?)<!-- end table -->", re.S)
+
+RQ2_COLUMNS = (("HR@10", "hit@10"), ("NDCG@10", "ndcg@10"), ("HR@5", "hit@5"), ("NDCG@5", "ndcg@5"), ("DGU", "dgu"),
+               ("MGU", "mgu"), ("coverage", "coverage"), ("Gini", "gini"), ("tail share", "tail_share"))
+FIT_COLUMNS = (("KL(P_u‖Q_u)", "kl"), ("KL(Q_u‖P_u)", "kl_reverse"))
+
+
+def read(name: str) -> dict:
+    sys.path.insert(0, str(HERE.parent))
+    from flower_lite.experiments.records import read_record
+
+    return read_record(RECORDS / f"{name}.json")
+
+
+def cell(value) -> str:
+    if isinstance(value, bool) or value is None:
+        return str(value)
+    if isinstance(value, int):
+        return str(value)
+    return f"{value:.3f}"
+
+
+def markdown(header: list[str], rows: list[list[str]]) -> str:
+    align = ["---"] + ["---:"] * (len(header) - 1)
+    lines = [header, align, *rows]
+    return "\n".join("| " + " | ".join(r) + " |" for r in lines) + "\n"
+
+
+def commands(*records: dict) -> str:
+    return "```bash\n" + "\n".join(r["command"] for r in records) + "\n```\n"
+
+
+def when(*records: dict) -> str:
+    env = records[0]["environment"]
+    seconds = [r["environment"]["seconds"] for r in records if r["environment"].get("seconds")]
+    took = f"; {sum(seconds) / 60:.1f} min in all" if seconds else ""
+    return (f"Measured {env['measured']} (torch {env['torch']}, transformers {env['transformers']}, "
+            f"{env['cpu_capability']}, {env['torch_threads']} thread(s){took}).\n")
+
+
+@dataclass
+class Table:
+    """One README block: the records it reads and how they become Markdown."""
+
+    records: list[str]
+    render: Callable[..., str]
+    note: str = field(default="")
+
+
+def rq2_table(name: str) -> str:
+    r = read(name)
+    rows = [[x["method"], *(cell(x[k]) for _, k in RQ2_COLUMNS)] for x in r["rows"]]
+    return commands(r) + "\n" + markdown(["method", *(c for c, _ in RQ2_COLUMNS)], rows) + "\n" + when(r)
+
+
+def option_change(command: str, base: str) -> str:
+    """The options of ``command`` that ``base`` does not have (``--out`` left out)."""
+    drop_out = lambda c: re.sub(r"\s--out\s+\S+", "", c)  # noqa: E731
+    base_tokens = drop_out(base).split()
+    extra, tokens = [], drop_out(command).split()
+    i = 0
+    while i < len(tokens):
+        t = tokens[i]
+        if t.startswith("--") and t not in base_tokens:
+            j = i + 1
+            while j < len(tokens) and not tokens[j].startswith("--"):
+                j += 1
+            extra.append(" ".join(tokens[i:j]))
+            i = j
+        else:
+            i += 1
+    return " ".join(extra)
+
+
+def rq2_ablation(base: str, *names: str) -> str:
+    """One row per record: its Flower row (and its reward's ceiling when the reward changed)."""
+    base_record = read(base)
+    records = [read(n) for n in names]
+    rows = []
+    for r in [base_record, *records]:
+        change = option_change(r["command"], base_record["command"])
+        by_method = {x["method"]: x for x in r["rows"]}
+        rows.append([f"Flower {('(' + change + ')') if change else '(the table above)'}", f"`{change}`" if change else "",
+                     *(cell(by_method["Flower"][k]) for _, k in RQ2_COLUMNS)])
+        ceiling = next(x for x in r["rows"] if x["method"].startswith("R_u ceiling"))
+        if "--variant" in change or "--pop-alpha" in change:
+            rows.append([f"{ceiling['method']} {('(' + change + ')')}", f"`{change}`", *(cell(ceiling[k]) for _, k in RQ2_COLUMNS)])
+    return commands(*records) + "\n" + markdown(["run", "command change", *(c for c, _ in RQ2_COLUMNS)], rows) + "\n" + when(*records)
+
+
+def rq2_seeds(*names: str) -> str:
+    """SFT against Flower on several seeds: coverage, MGU, NDCG@10."""
+    records = [read(n) for n in names]
+    rows = []
+    for r in records:
+        seed = re.search(r"--seed (\d+)", r["command"]).group(1)
+        by = {x["method"]: x for x in r["rows"]}
+        sft, fl = by["BIGRec (SFT)"], by["Flower"]
+        rows.append([seed, cell(sft["coverage"]), cell(fl["coverage"]), cell(sft["mgu"]), cell(fl["mgu"]),
+                     cell(sft["ndcg@10"]), cell(fl["ndcg@10"])])
+    header = ["seed", "SFT coverage", "Flower coverage", "SFT MGU", "Flower MGU", "SFT NDCG@10", "Flower NDCG@10"]
+    return commands(*records) + "\n" + markdown(header, rows) + "\n" + when(*records)
+
+
+def target_fit(name: str) -> str:
+    r = read(name)
+    rows = [[x["run"], *(cell(x[k]) for _, k in FIT_COLUMNS)] for x in r["rows"]]
+    return commands(r) + "\n" + markdown(["run", *(c for c, _ in FIT_COLUMNS)], rows) + "\n" + when(r)
+
+
+ABLATIONS = ("rq2_theta_0.99", "rq2_add_log_s", "rq2_catalog", "rq2_mixed", "rq2_on_policy", "rq2_db_0.9",
+             "rq2_catalog_0.998", "rq2_catalog_0.999", "rq2_pop_alpha_0.5", "rq2_pop_alpha_0.5_mixed")
+TABLES: dict[str, Table] = {
+    "rq2-default": Table(["rq2_default"], lambda: rq2_table("rq2_default")),
+    "rq2-ablations": Table(["rq2_default", *ABLATIONS], lambda: rq2_ablation("rq2_default", *ABLATIONS)),
+    "rq2-seeds": Table([f"rq2_quick_seed{s}" for s in range(4)], lambda: rq2_seeds(*(f"rq2_quick_seed{s}" for s in range(4)))),
+    "rq2-target-fit": Table(["target_fit"], lambda: target_fit("target_fit")),
+    "rq2-target-fit-warm": Table(["target_fit_warm"], lambda: target_fit("target_fit_warm")),
+    "rq2-movies": Table(["rq2_movies"], lambda: rq2_table("rq2_movies")),
+    "rq2-check": Table(["rq2_check"], lambda: rq2_table("rq2_check")),
+}
+
+
+def render_readme(text: str) -> str:
+    """``text`` with every table block regenerated from its records (``KeyError`` for an unknown block)."""
+    return BLOCK.sub(lambda m: f"<!-- table: {m['name']} -->\n{TABLES[m['name']].render()}<!-- end table -->", text)
+
+
+def check(text: str) -> list[str]:
+    """Names of the blocks whose text differs from their records' rendering (and blocks without a spec)."""
+    bad = []
+    for m in BLOCK.finditer(text):
+        spec = TABLES.get(m["name"])
+        if spec is None or m["body"] != spec.render():
+            bad.append(m["name"])
+    return bad
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="do not write; exit 1 when a table is stale")
+    args = parser.parse_args()
+    text = README.read_text(encoding="utf-8")
+    if args.check:
+        bad = check(text)
+        if bad:
+            print(f"stale tables in {README}: {', '.join(bad)}: rerun their commands, then `python results/tables.py`")
+            return 1
+        print(f"{len(BLOCK.findall(text))} tables match their records")
+        return 0
+    README.write_text(render_readme(text), encoding="utf-8")
+    print(f"rewrote {len(BLOCK.findall(text))} tables of {README}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
