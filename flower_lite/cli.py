@@ -22,8 +22,9 @@ TRAIN_OPTIONS = ("trajectories", "temperature", "lr", "log_z_lr", "weight_decay"
 ALIASES = {"max_steps": ("--steps",)}
 
 
-class UserError(Exception):
-    """A mistake of the user's, reported in one line."""
+USER_ERRORS = (ValueError, OSError, ImportError, RuntimeError)
+"""What a command raises for bad input, missing files or packages (reported in one line, exit code 2);
+anything else is a bug and keeps its traceback."""
 
 
 # ---------------------------------------------------------------------------- options from dataclasses
@@ -71,12 +72,43 @@ def given(args: argparse.Namespace, prefix: str = "") -> dict:
     return {k[len(prefix):]: v for k, v in vars(args).items() if k.startswith(prefix) and k.count(".") == prefix.count(".")}
 
 
+# ---------------------------------------------------------------------------- output
+FIT_COLUMNS = (("step", "step"), ("c_kl", "KL(P‖Q)"), ("c_kl_reverse", "KL(Q‖P)"), ("c_js", "JS"), ("c_tv", "TV"),
+               ("kl", "KL free"), ("invalid", "invalid"))
+FIT_LEGEND = ("KL, JS, TV: the trie-constrained model's title distribution Q against the target P (exact; lower is "
+              "better, 0 = the target); KL free: the unconstrained model, non-catalogue outputs pooled; invalid: "
+              "its mass outside the catalogue (lower is better)")
+RQ2_COLUMNS = (("method", "method"), ("hit@10", "HR@10"), ("ndcg@10", "NDCG@10"), ("dgu", "DGU"), ("mgu", "MGU"),
+               ("coverage", "coverage"), ("gini", "Gini"), ("tail_share", "tail"))
+RQ2_LEGEND = ("HR@10, NDCG@10: accuracy on the test rows (higher is better); DGU, MGU: exposure unfairness across 8 "
+              "popularity groups (lower is fairer); coverage: distinct items recommended; Gini: concentration of "
+              "exposure (lower is more even); tail: share of slots on the 80% least popular items")
+
+
+def text_table(rows: list[dict], columns) -> str:
+    """An aligned plain-text table of ``rows`` with ``columns`` = ((key, header), ...)."""
+    cells = [[h for _, h in columns]] + [[_cell(r.get(k)) for k, _ in columns] for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(columns))]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in cells]
+    return "\n".join([lines[0], "-" * len(lines[0]), *lines[1:]])
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
 # ---------------------------------------------------------------------------- commands
 def _demo(args: argparse.Namespace) -> int:
-    from .experiments.demo import format_table, run_demo
+    from .experiments.demo import conclusion, format_table, legend, run_demo
 
     result = run_demo(args.out, steps=args.steps, sample_size=args.sample_size, seed=args.seed)
     print(format_table(result.rows))
+    print(legend())
+    print("\n" + conclusion(result.rows, args.sample_size))
     if result.report:
         print(f"\nreport: {result.report}")
     if args.llm:
@@ -102,8 +134,11 @@ def _fit(args: argparse.Namespace) -> int:
 
     run, train = _fit_settings(args)
     result = run_fit(run, train, args.out)
-    last = result.history[-1]
-    print(json.dumps({k: last[k] for k in ("step", "kl", "c_kl", "js", "tv", "invalid") if k in last}))
+    if args.json:
+        print(json.dumps(result.history[-1]))
+    else:
+        print(text_table(result.history, FIT_COLUMNS))
+        print(FIT_LEGEND)
     print(f"run: {args.out} (model in {args.out}/final)")
     return 0
 
@@ -129,7 +164,13 @@ def _evaluate(args: argparse.Namespace) -> int:
     out = fit_metrics(LMPolicy(model, tokenizer), trie, target)
     ranked = recommend(model, tokenizer, [RQ1_PROMPT], trie, num_beams=10, num_return=10)[0]
     out |= top_k_popularity(ranked, target)
-    print(json.dumps(out, indent=2))
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    print(text_table([out], FIT_COLUMNS[1:]))
+    print(FIT_LEGEND)
+    print(f"beam search, top 10: mean popularity rank {out['mean_pop_rank']:.1f} of {len(target.titles)} (1 = the most "
+          f"popular title), {out['in_top10pct']:.0%} of the list in the most popular 10% of titles")
     return 0
 
 
@@ -147,10 +188,11 @@ def _compare(args: argparse.Namespace) -> int:
     reward = replace(RewardSpec(), **given(args, "reward."))
     rows, _ = rq2_table(args.data, config, reward, args.train_rows, args.valid_rows, args.test_rows, seed=args.seed,
                         threads=args.threads, methods=args.methods)
-    keys = list(rows[0])
-    print(" | ".join(keys))
-    for row in rows:
-        print(" | ".join(f"{row[k]:.4g}" if isinstance(row[k], float) else str(row[k]) for k in keys))
+    if args.json:
+        print(json.dumps(rows, indent=1))
+    else:
+        print(text_table(rows, RQ2_COLUMNS))
+        print(RQ2_LEGEND)
     if args.out:
         write_record(args.out, command_line(PROG, args.argv), rows, started)
         print(f"rows: {args.out}")
@@ -182,12 +224,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_demo)
 
     fit = sub.add_parser("fit", help="fine-tune a causal LM on a popularity target (the paper's RQ1)", formatter_class=fmt)
-    add_fields(fit, RQ1Run(), ("model", "data", "titles", "sample_size"), "run.")
+    add_fields(fit, RQ1Run(), ("model", "data", "titles", "sample_size", "stop", "trunk_layers", "lora_rank"), "run.")
     add_fields(fit, RQ1Run().reward, ("pop_alpha", "reversed"), "reward.")
     add_fields(fit, RQ1_DEFAULT, dest_prefix="objective.")
     add_fields(fit, rq1_config(), TRAIN_OPTIONS, "train.", notes={"eval_every": "a quarter of --steps"})
     fit.add_argument("--seed", type=int, default=0, help="seed of the SFT sample, the data order and sampling (default: 0)")
     fit.add_argument("--out", default="runs/fit", help="run folder: run.json, log.jsonl, checkpoints, final model (default: runs/fit)")
+    fit.add_argument("--json", action="store_true", help="print the last evaluation as JSON instead of a table")
     fit.set_defaults(func=_fit)
 
     rec = sub.add_parser("recommend", help="trie-constrained beam search with a fitted model",
@@ -201,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("evaluate", help="exact distribution fit (KL, JS, TV) and top-10 popularity of a fitted model")
     ev.add_argument("--run", required=True, help="a run folder written by 'flower-lite fit'")
+    ev.add_argument("--json", action="store_true", help="print the metrics as JSON instead of a table")
     ev.set_defaults(func=_evaluate)
 
     cmp = sub.add_parser("compare", help="next-item recommendation (RQ2): every baseline, SFT and Flower with the tiny model",
@@ -219,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--seed", type=int, default=0, help="seed of the subsets, SASRec, the tiny model and training (default: 0)")
     cmp.add_argument("--threads", type=_positive, default=1, help="torch CPU threads (default: 1)")
     cmp.add_argument("--out", default=None, help="write the rows, the command and its environment as a JSON record here")
+    cmp.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
     cmp.set_defaults(func=_compare)
     return parser
 
@@ -230,11 +275,18 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv
     try:
         return args.func(args)
-    except Exception as err:  # noqa: BLE001 - every failure of a command is reported in one line
+    except KeyboardInterrupt as stop:  # Ctrl-C; a training run first writes a checkpoint (train.TrainingInterrupted)
+        if args.debug:
+            raise
+        checkpoint = getattr(stop, "checkpoint", None)
+        where = f": checkpoint {checkpoint} written; run the same command to resume" if checkpoint else ""
+        print(f"{PROG}: interrupted{' at step ' + str(stop.step) if hasattr(stop, 'step') else ''}{where}", file=sys.stderr)
+        return 130
+    except USER_ERRORS as err:
         if args.debug:
             raise
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        print(f"{PROG}: error: {message} (run with --debug for the traceback)", file=sys.stderr)
+        print(f"{PROG}: error: {message}", file=sys.stderr)
         return 2
 
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 
-LOSSES = ("sft", "tb", "db", "subtb")
-"""What is optimised: SFT alone, or a GFlowNet loss (alone at θ = 0, mixed with SFT at θ > 0)."""
+LOSSES = ("sft", "tb", "db", "subtb", "subtb_exact", "distill")
+"""What is optimised: SFT alone, or a GFlowNet loss (alone at θ = 0, mixed with SFT at θ > 0): trajectory balance,
+detailed balance on the exact flows, Flower's sub-trajectory balance, sub-trajectory balance on the exact flows
+(Flower's with its internal stop terms held out of the gradient), flow distillation."""
 NORMALISATIONS = ("pairs", "sequence")
 TRAJECTORIES = ("offline", "on_policy", "mixed", "catalog")
 SCHEDULES = ("cosine", "linear", "constant")
@@ -51,7 +53,9 @@ class Objective:
     """
 
     loss: str = setting("subtb", "sft | tb (trajectory balance, learned log Z) | db (detailed balance on the "
-                        "exact flows) | subtb (Flower's modified sub-trajectory balance)", choices=LOSSES)
+                        "exact flows) | subtb (Flower's modified sub-trajectory balance) | subtb_exact (sub-trajectory "
+                        "balance on the exact flows: Flower's internal stop terms held out) | distill (flow "
+                        "distillation: every child of a visited state against its exact share)", choices=LOSSES)
     theta: float = setting(0.0, "weight of the SFT term: L = θ SFT + (1 - θ) GFN; 0 = the GFlowNet loss alone",
                            minimum=0.0, maximum=1.0)
     subtb_lambda: float = setting(1.0, "SubTB: a pair (i, j) weighs subtb_lambda ** (j - i - 1)", minimum=1e-12)
@@ -181,6 +185,13 @@ class RQ1Run:
                         "with items.tsv and interactions.tsv")
     titles: int = setting(100, "the most popular titles that form the target", minimum=1)
     sample_size: int = setting(500, "titles drawn from the target for SFT (the paper's finite sample)", minimum=1)
+    stop: str = setting("eos", "the termination token T appended to every title: eos (the tokenizer's) | newline",
+                        choices=("eos", "newline"))
+    trunk_layers: int | None = setting(None, "train only the top k decoder layers on cached states of the frozen "
+                                       "lower ones (0: the whole model; default: 1 for a pretrained model on a CPU, "
+                                       "else 0)", minimum=0)
+    lora_rank: int | None = setting(None, "LoRA rank of the trained layers (0: train their weights fully; default: "
+                                    "16 for a pretrained model, 0 for tiny)", minimum=0)
     reward: RewardSpec = field(default_factory=lambda: RewardSpec(variant="logp", pop_eps=0.0))
 
     def __post_init__(self) -> None:

@@ -35,9 +35,11 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from .prompts import MAX_TITLE_TOKENS, encode_prompts, left_pad, model_device, pad_id
+from .threads import model_threads
 from .trie import ROOT, Trie
 
 NEUTRAL_GENERATION = dict(
@@ -256,6 +258,7 @@ def title_index(trie: Trie, nodes: Tensor) -> Tensor:
 # --------------------------------------------------------------------------------------------
 
 
+@model_threads
 @torch.no_grad()
 def recommend(
     model: torch.nn.Module,
@@ -268,6 +271,7 @@ def recommend(
     temperature: float = 1.0,
     max_new_tokens: int = MAX_TITLE_TOKENS,
     batch_size: int = 8,
+    progress: str | None = None,
 ) -> list[list[int]]:
     """Constrained beam search over the trie: ranked item ids for each prompt (METHOD.md section 6).
 
@@ -282,6 +286,7 @@ def recommend(
     ``num_return`` when fewer than ``num_return`` items are reachable within ``num_beams``
     finished beams (a tiny catalogue, or ``max_new_tokens`` shorter than some titles).
     Prompts are left-padded with an attention mask; results do not depend on ``batch_size``.
+    ``progress``: a label for a progress bar over the batches (None: no bar).
     """
     if num_return > num_beams:
         raise ValueError(f"num_return ({num_return}) cannot exceed num_beams ({num_beams})")
@@ -289,7 +294,7 @@ def recommend(
     device = model_device(model)
     trie = trie.to(device)
     ranked: list[list[int]] = []
-    for start in range(0, len(prompts), batch_size):
+    for start in tqdm(range(0, len(prompts), batch_size), desc=progress, disable=progress is None, leave=False):
         batch = {k: v.to(device) for k, v in encode_prompts(tokenizer, prompts[start : start + batch_size]).items()}
         width = batch["input_ids"].shape[1]
         processors = [TemperedLogSoftmax(temperature)] if temperature != 1.0 else []
@@ -314,6 +319,7 @@ def recommend(
     return ranked
 
 
+@model_threads
 @torch.no_grad()
 def sample_titles(
     model: torch.nn.Module,
@@ -369,6 +375,3 @@ def sample_titles(
     if (titles < 0).any():
         raise RuntimeError(f"a sample did not finish a title within max_new_tokens={max_new_tokens} tokens")
     return titles
-
-
-from .distributions import constrained_item_distribution, exact_item_distribution  # noqa: E402,F401  TEMP until trunk moves

@@ -15,9 +15,10 @@ import torch
 from torch import Tensor
 
 from .prompts import encode_prompts, model_device, teacher_forced_log_probs, teacher_forced_logits
+from .threads import model_threads
 from .trie import Trie
 
-__all__ = ["exact_item_distribution", "constrained_item_distribution"]
+__all__ = ["exact_item_distribution", "constrained_item_distribution", "stop_log_probs", "stop_summary"]
 
 
 def _prompt_batch(tokenizer, prompt: str, rows: int, device: torch.device) -> dict[str, Tensor]:
@@ -25,6 +26,7 @@ def _prompt_batch(tokenizer, prompt: str, rows: int, device: torch.device) -> di
     return {k: v.expand(rows, -1).to(device) for k, v in one.items()}
 
 
+@model_threads
 @torch.no_grad()
 def exact_item_distribution(
     model: torch.nn.Module, tokenizer, prompt: str, trie: Trie, batch_size: int = 256
@@ -54,38 +56,16 @@ def exact_item_distribution(
     return p_title, float(1.0 - p_title.sum())
 
 
-@torch.no_grad()
-def constrained_item_distribution(
-    model: torch.nn.Module,
-    tokenizer,
-    prompt: str,
-    trie: Trie,
-    batch_size: int = 256,
-    temperature: float = 1.0,
-) -> Tensor:
-    """Exact title distribution of constrained sampling (:func:`sample_titles`) after ``prompt``.
-
-    At every state s the policy is ``q(a | s) = softmax(logits(s) / temperature)`` renormalised over
-    the trie children of s, and ``p(title) = prod_t q(a_t | s_t)`` (T included); the result sums to 1.
-
-    Cost: one teacher-forced forward pass per *maximal* title (a title that is not a token prefix of
-    another one: the states of the others lie on their paths), in batches of ``batch_size``. Each
-    distinct trie node is normalised once: the log-softmax over its children is taken at its first
-    occurrence, and ``log q`` of every edge is stored per child node; the title log-probs then follow
-    top-down, depth by depth. Memory: the batch's logits, ``batch_size x (max path + 1) x V`` floats.
-
-    Returns float64 ``[num_titles]`` in ``trie.terminal_nodes`` order.
-    """
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    trie = trie.to("cpu")
+def _state_logits(model: torch.nn.Module, tokenizer, prompt: str, trie: Trie, batch_size: int):
+    """Yield ``(nodes [n], logits [n, V])``: the logits after ``prompt`` at every state s of the trie (terminal
+    nodes excepted), each state once, from teacher-forced passes over the *maximal* titles (a title that is
+    not a token prefix of another one: the states of the others lie on their paths), ``batch_size`` at a time."""
     s = trie.structure
     device = model_device(model)
     terminals = trie.terminal_nodes
     maximal = terminals[(s.child_hi - s.child_lo)[s.parent[terminals]] == 1]
     paths = trie.node_trajectories(s.parent[maximal])  # titles without T: the last state's children hold T
     tokens, mask = paths.tokens, paths.mask
-    edge_log_q = torch.zeros(trie.num_nodes, dtype=torch.float64)  # log q(token[n] | parent[n])
     done = torch.zeros(trie.num_nodes, dtype=torch.bool)
     for start in range(0, tokens.shape[0], batch_size):
         ids, m = tokens[start : start + batch_size], mask[start : start + batch_size]
@@ -100,10 +80,41 @@ def constrained_item_distribution(
         first.scatter_reduce_(0, flat[keep], position[keep], reduce="amin")
         nodes = torch.nonzero((first < flat.numel()) & ~done).flatten()  # distinct new states in this batch
         done[nodes] = True
+        yield nodes, logits[first[nodes].to(device)]
+
+
+@model_threads
+@torch.no_grad()
+def constrained_item_distribution(
+    model: torch.nn.Module,
+    tokenizer,
+    prompt: str,
+    trie: Trie,
+    batch_size: int = 256,
+    temperature: float = 1.0,
+) -> Tensor:
+    """Exact title distribution of constrained sampling (``decoding.sample_titles``) after ``prompt``.
+
+    At every state s the policy is ``q(a | s) = softmax(logits(s) / temperature)`` renormalised over
+    the trie children of s, and ``p(title) = prod_t q(a_t | s_t)`` (T included); the result sums to 1.
+
+    Cost: one teacher-forced forward pass per maximal title, in batches of ``batch_size``; each distinct
+    trie node is normalised once (``_state_logits``), ``log q`` of every edge is stored per child node,
+    and the title log-probs follow top-down, depth by depth. Memory: the batch's logits,
+    ``batch_size x (max path + 1) x V`` floats.
+
+    Returns float64 ``[num_titles]`` in ``trie.terminal_nodes`` order.
+    """
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    trie = trie.to("cpu")
+    s = trie.structure
+    edge_log_q = torch.zeros(trie.num_nodes, dtype=torch.float64)  # log q(token[n] | parent[n])
+    for nodes, logits in _state_logits(model, tokenizer, prompt, trie, batch_size):
         counts = s.child_hi[nodes] - s.child_lo[nodes]
         seg = torch.repeat_interleave(torch.arange(nodes.numel()), counts)  # edge -> its state
         edges = s.child_lo[nodes][seg] + torch.arange(seg.numel()) - torch.repeat_interleave(counts.cumsum(0) - counts, counts)
-        vals = logits[first[nodes][seg].to(device), s.token[edges].to(device)].cpu().double() / temperature
+        vals = logits[seg.to(logits.device), s.token[edges].to(logits.device)].cpu().double() / temperature
         peak = torch.full((nodes.numel(),), -math.inf, dtype=torch.float64).scatter_reduce(0, seg, vals, reduce="amax")
         total = torch.zeros(nodes.numel(), dtype=torch.float64).index_add_(0, seg, (vals - peak[seg]).exp())
         edge_log_q[edges] = vals - (peak + total.log())[seg]
@@ -111,4 +122,30 @@ def constrained_item_distribution(
     for d in range(1, len(s.depth_start) - 1):  # top-down: children have larger ids, one depth at a time
         n = torch.arange(int(s.depth_start[d]), int(s.depth_start[d + 1]))
         log_p[n] = log_p[s.parent[n]] + edge_log_q[n]
-    return log_p[terminals].exp()
+    return log_p[trie.terminal_nodes].exp()
+
+
+@model_threads
+@torch.no_grad()
+def stop_log_probs(model: torch.nn.Module, tokenizer, prompt: str, trie: Trie, batch_size: int = 256) -> Tensor:
+    """log pi(T | s) of the unconstrained model at every state s after ``prompt``: float64 [num_nodes] (NaN at
+    terminal nodes, which are no states). At a complete title Flower's SubTB optimum needs log r(T | s), at an
+    incomplete one its penalty (-15); :func:`stop_summary` summarises the two groups."""
+    trie = trie.to("cpu")
+    out = torch.full((trie.num_nodes,), math.nan, dtype=torch.float64)
+    for nodes, logits in _state_logits(model, tokenizer, prompt, trie, batch_size):
+        logits = logits.double()
+        out[nodes] = (logits[:, trie.eos_id] - logits.logsumexp(-1)).cpu()
+    return out
+
+
+def stop_summary(trie: Trie, log_stop: Tensor) -> dict:
+    """Mean, min and max of log pi(T | s) [num_nodes] over the complete titles and over the incomplete states."""
+    states = ~torch.isnan(log_stop)
+    complete = states & (trie.stop_child(torch.arange(trie.num_nodes)) >= 0)
+    out = {}
+    for name, sel in (("complete", complete), ("internal", states & ~complete)):
+        v = log_stop[sel]
+        out |= {f"{name}_mean": float(v.mean()), f"{name}_min": float(v.min()), f"{name}_max": float(v.max()),
+                f"{name}_states": int(sel.sum())}
+    return out

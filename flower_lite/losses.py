@@ -11,6 +11,9 @@ Every balance loss is written through one quantity: for states i < j of a trajec
 ``residual(i, j) = A_i - A_j`` with ``A_t = log F(s_t) - sum_{m<t} log pi(a_m | s_m)``, since
 ``log F(s_i) + sum_{t=i}^{j-1} log pi(a_t | s_t) - log F(s_j) = A_i - A_j``. Detailed balance uses
 consecutive supervised states, sub-trajectory balance all pairs, trajectory balance the pair (0, k).
+With exact flows at every state (``exact_subtb_loss``, DB) the stop probabilities of incomplete titles never
+enter; Flower's SubTB learns them, through ``log F^(s) = log R~(s) - log pi(T | s)``. Flow distillation is no
+balance: it supervises every child of a visited state with its exact share, KL(r(. | s) || pi(. | s)).
 """
 from __future__ import annotations
 
@@ -80,6 +83,16 @@ def _pairwise_balance(a: Tensor, supervised: Tensor, subtb_lambda: float, consec
     return per_seq[pairs.any(dim=(1, 2))].mean()
 
 
+def _exact_flow_residuals(log_pi_path: Tensor, log_r_path: Tensor, mask: Tensor, granularity: int) -> tuple[Tensor, Tensor]:
+    """``(A [batch, K + 2], supervised [batch, K + 2])`` along whole paths a_0 .. a_{k-1}, T with the exact flows
+    at every state, T's terminal included: ``A_t = log F(s_t) - log Z - sum_{m<t} log pi(a_m | s_m)``, i.e. minus
+    the running sum of ``log pi - log r`` (``log F(s_t) - log Z`` telescopes from the token rewards)."""
+    lengths = mask.sum(dim=1)
+    diff = torch.where(mask.bool(), log_pi_path - log_r_path, torch.zeros_like(log_pi_path))
+    a = -torch.nn.functional.pad(torch.cumsum(diff, dim=1), (1, 0))
+    return a, chunk_boundaries(lengths, a.shape[1], granularity)
+
+
 def detailed_balance_loss(
     log_pi_path: Tensor, log_r_path: Tensor, mask: Tensor, granularity: int = 1
 ) -> Tensor:
@@ -89,11 +102,41 @@ def detailed_balance_loss(
     onto the token reward ``log_r_path`` [batch, K + 1] (T included). With granularity n the edges
     are chunks of n tokens (plus the last, shorter one) and the residual is the chunk's sum.
     """
-    lengths = mask.sum(dim=1)
-    diff = torch.where(mask.bool(), log_pi_path - log_r_path, torch.zeros_like(log_pi_path))
-    a = -torch.nn.functional.pad(torch.cumsum(diff, dim=1), (1, 0))
-    supervised = chunk_boundaries(lengths, a.shape[1], granularity)
+    a, supervised = _exact_flow_residuals(log_pi_path, log_r_path, mask, granularity)
     return _pairwise_balance(a, supervised, 1.0, consecutive=True, normalisation="pairs")
+
+
+def exact_subtb_loss(
+    log_pi_path: Tensor, log_r_path: Tensor, mask: Tensor, subtb_lambda: float = 1.0, granularity: int = 1,
+    normalisation: str = "pairs",
+) -> Tensor:
+    """Sub-trajectory balance on the exact flows: every pair of supervised states of the path (T's terminal
+    included) with weight subtb_lambda ** (j - i - 1), residual
+    ``log F(s_i) + sum_{t=i}^{j-1} log pi(a_t | s_t) - log F(s_j)``.
+
+    This is Flower's objective with its internal stop terms held out of the gradient: the flows come from
+    the trie instead of ``log R~(s) - log pi(T | s)``, so log pi(T | s) at an incomplete title never enters,
+    and the title's own stop term, log pi(T | s_k), is the last edge. Zero exactly at pi(a | s) = r(a | s)
+    along the path; consecutive pairs alone are :func:`detailed_balance_loss`.
+    """
+    a, supervised = _exact_flow_residuals(log_pi_path, log_r_path, mask, granularity)
+    return _pairwise_balance(a, supervised, subtb_lambda, consecutive=False, normalisation=normalisation)
+
+
+def flow_distillation_loss(log_pi_children: Tensor, log_r_children: Tensor, mask: Tensor) -> Tensor:
+    """Flow distillation: mean over visited states s of KL(r(. | s) || pi(. | s)) over the trie children of s.
+
+    ``log_pi_children``, ``log_r_children``, ``mask``: [batch, S, C], the children c of each state (T
+    included where s is a complete title): log pi(c | s) of the policy, the exact log r(c | s) =
+    log F(s·c) - log F(s), and which (state, child) pairs exist. Every child is supervised with its exact
+    share, not only the one a trajectory took; 0 exactly when pi(c | s) = r(c | s) at every visited state.
+    """
+    mask = mask.bool()
+    r = torch.where(mask, log_r_children.exp(), torch.zeros_like(log_r_children))
+    gap = torch.where(mask & (r > 0), log_r_children - log_pi_children, torch.zeros_like(log_pi_children))
+    per_state = (r * gap).sum(dim=-1)
+    states = mask.any(dim=-1)
+    return per_state[states].mean()
 
 
 def subtrajectory_balance_loss(

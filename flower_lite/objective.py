@@ -30,6 +30,7 @@ class PathLogProbs:
     action: Tensor  # [batch, K] log pi(a_t | s_t); 0 past the end
     stop: Tensor  # [batch, K + 1] log pi(T | s_t)
     lengths: Tensor  # [batch] k, the number of title tokens
+    children: Tensor | None = None  # [batch, K + 1, C] log pi(c | s_t) of the children of ``PathRewards.children``
 
     def path(self) -> tuple[Tensor, Tensor]:
         """(values [batch, K + 1], mask [batch, K + 1]): log pi of a_0 .. a_{k-1}, T (T at position k)."""
@@ -37,7 +38,7 @@ class PathLogProbs:
 
 
 def gfn_loss(objective: Objective, paths: PathLogProbs, rewards: PathRewards, log_z: Tensor | None = None) -> Tensor:
-    """The GFlowNet loss ``objective.loss`` (tb, db or subtb) on trajectories with exact rewards.
+    """The GFlowNet loss ``objective.loss`` (tb, db, subtb, subtb_exact or distill) on trajectories with exact rewards.
 
     ``log_z``: TB's learned log Z_θ (a scalar tensor), relative to the exact log Z (module docstring).
     """
@@ -54,6 +55,14 @@ def gfn_loss(objective: Objective, paths: PathLogProbs, rewards: PathRewards, lo
         return losses.trajectory_balance_loss(path, mask, as_policy(rewards.log_outcome), log_z)
     if o.loss == "db":
         return losses.detailed_balance_loss(path, as_policy(rewards.log_r_path), mask, o.granularity)
+    if o.loss == "subtb_exact":
+        return losses.exact_subtb_loss(path, as_policy(rewards.log_r_path), mask, o.subtb_lambda, o.granularity,
+                                       o.normalisation)
+    if o.loss == "distill":
+        if paths.children is None or rewards.children is None:
+            raise ValueError("flow distillation needs every child's log pi and exact share (path_rewards(children=True))")
+        kids = rewards.children
+        return losses.flow_distillation_loss(paths.children, as_policy(kids.log_r), kids.mask.to(action.device))
     raise ValueError(f"{o.loss!r} is not a GFlowNet loss")
 
 

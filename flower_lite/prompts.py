@@ -148,6 +148,13 @@ def log_probs_along(
     return log_pi_action, log_pi_extra
 
 
+def log_probs_at(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """log pi(tokens | state): the full-vocabulary log-softmax of ``logits`` [B, S, V] at ``tokens`` [B, S, C]
+    (e.g. every trie child of each state), float32 [B, S, C]."""
+    logits = logits.float()
+    return logits.gather(-1, tokens.to(logits.device)) - logits.logsumexp(-1, keepdim=True)
+
+
 MAX_TITLE_TOKENS = 64  # METHOD.md section 6: at most 64 new tokens are decoded
 
 
@@ -169,8 +176,27 @@ def encode_titles(tokenizer, titles: Sequence[str], max_tokens: int = MAX_TITLE_
     return out
 
 
-def title_trie(tokenizer, titles: Sequence[str], weights: Sequence[float], max_tokens: int = MAX_TITLE_TOKENS):
-    """The trie of ``encode_titles(tokenizer, titles)`` with T = the tokenizer's EOS and rewards ``weights``."""
+STOP_TOKENS = ("eos", "newline")
+"""The termination token T: the tokenizer's EOS, or its newline token (the reference's T), appended as its own id."""
+
+
+def stop_token_id(tokenizer, stop: str = "eos") -> int:
+    """The id of the termination token T: ``eos`` (the tokenizer's EOS) or ``newline`` ("\\n", which must be
+    one token). Appended to every title's one tokenization, it never merges with the title's last characters."""
+    if stop == "eos":
+        return tokenizer.eos_token_id
+    if stop == "newline":
+        ids = tokenizer.encode("\n", add_special_tokens=False)
+        if len(ids) != 1:
+            raise ValueError(f"the newline is {len(ids)} tokens for this tokenizer ({ids}): use stop='eos'")
+        return ids[0]
+    raise ValueError(f"unknown termination token {stop!r}: expected one of {STOP_TOKENS}")
+
+
+def title_trie(tokenizer, titles: Sequence[str], weights: Sequence[float], max_tokens: int = MAX_TITLE_TOKENS,
+               stop: str = "eos"):
+    """The trie of ``encode_titles(tokenizer, titles)`` with rewards ``weights`` and T = :func:`stop_token_id`
+    (a title whose tokens contain T is refused, naming the item)."""
     from .trie import Trie
 
-    return Trie.from_sequences(encode_titles(tokenizer, titles, max_tokens), weights, tokenizer.eos_token_id)
+    return Trie.from_sequences(encode_titles(tokenizer, titles, max_tokens), weights, stop_token_id(tokenizer, stop))

@@ -139,6 +139,16 @@ def reference_token_log_rewards(
 
 # ---------------------------------------------------------------------------- trajectory rewards
 @dataclass
+class ChildRewards:
+    """The exact share of every child of the states of a batch of trajectories (flow distillation)."""
+
+    nodes: Tensor  # [batch, S, C] the child nodes s_t·c (-1 where there is none)
+    tokens: Tensor  # [batch, S, C] the token of each child c of state s_t (0 where there is none)
+    log_r: Tensor  # [batch, S, C] log r(c | s_t) = log F(s_t·c) - log F(s_t) (per user with per-user rewards)
+    mask: Tensor  # [batch, S, C] True where the child exists
+
+
+@dataclass
 class PathRewards:
     """Exact token-level rewards along a batch of trajectories s_0 -> ... -> s_k (then T).
 
@@ -151,6 +161,7 @@ class PathRewards:
     log_r_stop: Tensor  # [batch, K + 1] log r(T | s_t); -inf where s_t is not a complete title
     log_stop_reward: Tensor  # [batch, K + 1] log R~(s_t) of Flower's objective (METHOD.md 5)
     lengths: Tensor  # [batch] k, the number of title tokens
+    children: ChildRewards | None = None  # every child's exact share at s_0 .. s_k (``path_rewards(children=True)``)
 
     @property
     def log_outcome(self) -> Tensor:
@@ -185,13 +196,15 @@ def path_rewards(
     lengths: Tensor,
     log_rewards: Tensor | None = None,
     penalty: float = OFF_ITEM_PENALTY,
+    children: bool = False,
 ) -> PathRewards:
     """Exact token rewards for trajectories ``tokens`` [batch, K] of ``lengths`` [batch] title tokens.
 
     With ``log_rewards`` [batch, num_items] (one row per trajectory's user), flows are the exact
     per-user flows F_u; otherwise the trie's own flows. The stop reward of Flower's objective is
     ``log R~(s_t) = log F(s_t·T) - log Z`` at a complete title and ``log F(s_t) - log Z + penalty``
-    elsewhere (states of zero flow get ``ZERO_REWARD_FLOOR``). Tokens must stay on the trie.
+    elsewhere (states of zero flow get ``ZERO_REWARD_FLOOR``). Tokens must stay on the trie. With
+    ``children`` the exact share of every child of s_0 .. s_k is computed too (:class:`ChildRewards`).
     """
     t = torch.arange(tokens.shape[1], device=tokens.device)
     mask = t[None, :] < lengths[:, None]
@@ -216,4 +229,18 @@ def path_rewards(
     log_r_stop = torch.where(stop_nodes >= 0, log_stop_flow - log_flow, neg_inf)
     stop_reward = torch.where(stop_nodes >= 0, log_stop_flow, log_flow + penalty) - log_z
     stop_reward = torch.where(state_mask, stop_reward.clamp_min(ZERO_REWARD_FLOOR), neg_inf)
-    return PathRewards(nodes, log_flow, log_r_action, log_r_stop, stop_reward, lengths)
+    kids = child_rewards(trie, nodes, log_flow, log_rewards) if children else None
+    return PathRewards(nodes, log_flow, log_r_action, log_r_stop, stop_reward, lengths, kids)
+
+
+def child_rewards(trie: Trie, nodes: Tensor, log_flow: Tensor, log_rewards: Tensor | None = None) -> ChildRewards:
+    """:class:`ChildRewards` of states ``nodes`` [batch, S] (-1: none) whose flows are ``log_flow`` [batch, S]:
+    log r(c | s) = log F(s·c) - log F(s), per user when ``log_rewards`` [batch, num_items] is given."""
+    child, mask = trie.children_of(nodes)  # [batch, S, C]
+    if log_rewards is None:
+        log_child = trie.log_flows_at(child)
+    else:
+        log_child = trie.batch_log_flows(log_rewards, child.flatten(1)).view(child.shape).to(log_flow.device)
+    log_r = torch.where(mask, log_child - log_flow[..., None], torch.full_like(log_child, -math.inf))
+    tokens = trie.structure.token[child.clamp_min(0)]
+    return ChildRewards(child, torch.where(mask, tokens, torch.zeros_like(tokens)), log_r, mask)

@@ -27,23 +27,28 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .prompts import left_pad, log_probs_along, pad_id, teacher_forced_log_probs
+from .prompts import left_pad, log_probs_along, log_probs_at, pad_id, teacher_forced_log_probs, teacher_forced_logits
 from .trie import Trajectories, Trie
 
 __all__ = ["Trajectories", "LMPolicy", "teacher_forced", "PromptPass", "prompt_pass", "continue_prompts",
            "sample_on_policy", "kv_cache", "OfflineSchedule"]
 
 
-def teacher_forced(model, prompts: dict[str, Tensor], traj: Trajectories, eos_id: int) -> tuple[Tensor, Tensor]:
-    """(log pi(a_t | s_t) [batch, K], log pi(T | s_t) [batch, K + 1]) in one forward pass, with gradients.
+def teacher_forced(model, prompts: dict[str, Tensor], traj: Trajectories, eos_id: int,
+                   child_tokens: Tensor | None = None) -> tuple[Tensor, ...]:
+    """(log pi(a_t | s_t) [batch, K], log pi(T | s_t) [batch, K + 1]) in one forward pass, with gradients;
+    with ``child_tokens`` [batch, K + 1, C] (the trie children of every state) also log pi(c | s_t) [batch, K + 1, C].
 
     ``prompts`` is a left-padded batch (``prompts.encode_prompts`` / ``left_pad``) on the model's device.
     """
     device = prompts["input_ids"].device
-    return teacher_forced_log_probs(
-        model, prompts["input_ids"], prompts["attention_mask"], prompts["position_ids"],
-        traj.tokens.to(device), traj.mask.to(device), extra_token_id=eos_id,
-    )
+    tokens, mask = traj.tokens.to(device), traj.mask.to(device)
+    if child_tokens is None:
+        return teacher_forced_log_probs(model, prompts["input_ids"], prompts["attention_mask"], prompts["position_ids"],
+                                        tokens, mask, extra_token_id=eos_id)
+    tokens = tokens.masked_fill(~mask, 0)
+    logits = teacher_forced_logits(model, prompts["input_ids"], prompts["attention_mask"], prompts["position_ids"], tokens, mask)
+    return (*log_probs_along(logits, tokens, mask, eos_id), log_probs_at(logits, child_tokens[:, : logits.shape[1]]))
 
 
 @dataclass
@@ -88,13 +93,14 @@ def prompt_pass(model, prompts: dict[str, Tensor]) -> PromptPass | None:
     return PromptPass(out.logits[:, -1].float(), cache, arg)
 
 
-def continue_prompts(model, prompts: dict[str, Tensor], first: PromptPass, trajs: list[Trajectories], eos_id: int
-                     ) -> list[tuple[Tensor, Tensor]]:
+def continue_prompts(model, prompts: dict[str, Tensor], first: PromptPass, trajs: list[Trajectories], eos_id: int,
+                     child_tokens: list[Tensor | None] | None = None) -> list[tuple[Tensor, ...]]:
     """:func:`teacher_forced` for several trajectory sets on the same prompts, from one :func:`prompt_pass`.
 
     The sets are stacked into one batch of ``len(trajs) * B`` continuations that attend to the prompt's
     cache (repeated per set); returns ``(log pi(a_t | s_t), log pi(T | s_t))`` per set, equal to
-    :func:`teacher_forced` of each set, gradients included (they flow into the prompt pass once).
+    :func:`teacher_forced` of each set, gradients included (they flow into the prompt pass once), and
+    log pi(c | s_t) [B, K + 1, C] for a set given ``child_tokens``.
     """
     device, n = prompts["input_ids"].device, len(trajs)
     width = max(t.tokens.shape[1] for t in trajs)
@@ -111,8 +117,13 @@ def continue_prompts(model, prompts: dict[str, Tensor], first: PromptPass, trajs
         logits = torch.cat([logits, out.logits.float()], dim=1)  # [n B, width + 1, V]
     action, stop = log_probs_along(logits, tokens, mask, eos_id)
     batch = prompts["input_ids"].shape[0]
-    return [(action[k * batch:(k + 1) * batch, : t.tokens.shape[1]], stop[k * batch:(k + 1) * batch, : t.tokens.shape[1] + 1])
-            for k, t in enumerate(trajs)]
+    out = []
+    for k, t in enumerate(trajs):
+        rows, width = slice(k * batch, (k + 1) * batch), t.tokens.shape[1]
+        pair = (action[rows, :width], stop[rows, : width + 1])
+        kids = (child_tokens or [None] * len(trajs))[k]
+        out.append(pair if kids is None else (*pair, log_probs_at(logits[rows, : width + 1], kids[:, : width + 1])))
+    return out
 
 
 @dataclass
@@ -161,19 +172,29 @@ class LMPolicy:
             batch.first, batch.passed = prompt_pass(self.forward_module, batch.encoded), True
         return batch.first
 
-    def log_probs(self, batch: PromptBatch, trajs: list[Trajectories], eos_id: int) -> list[tuple[Tensor, Tensor]]:
-        """``(log pi(a_t | s_t) [B, K], log pi(T | s_t) [B, K + 1])`` of every trajectory set, with gradients."""
+    def log_probs(self, batch: PromptBatch, trajs: list[Trajectories], eos_id: int,
+                  child_tokens: list[Tensor | None] | None = None) -> list[tuple[Tensor, ...]]:
+        """``(log pi(a_t | s_t) [B, K], log pi(T | s_t) [B, K + 1])`` of every trajectory set, with gradients;
+        for a set with ``child_tokens`` [B, K + 1, C] (its states' trie children) also log pi(c | s_t)."""
         first = self._first(batch) if len(trajs) > 1 or batch.passed else None
         if first is not None:
-            return continue_prompts(self.forward_module, batch.encoded, first, trajs, eos_id)
+            return continue_prompts(self.forward_module, batch.encoded, first, trajs, eos_id, child_tokens)
         # one set, or no usable prompt cache (gradient checkpointing): teacher-force each set
-        return [teacher_forced(self.forward_module, batch.encoded, t, eos_id) for t in trajs]
+        kids = child_tokens or [None] * len(trajs)
+        return [teacher_forced(self.forward_module, batch.encoded, t, eos_id, c) for t, c in zip(trajs, kids)]
 
     def sample(self, batch: PromptBatch, trie: Trie, temperature: float, generator: torch.Generator,
                max_new_tokens: int) -> Trajectories:
         """One trie-masked title per prompt (:func:`sample_on_policy`), from the batch's shared prompt pass."""
         first = self._first(batch)
         return sample_on_policy(self.module, batch.encoded, trie, temperature, generator, max_new_tokens, first=first)
+
+    def stop_log_probs(self, prompt: str, trie: Trie) -> Tensor:
+        """log pi(T | s) at every state after ``prompt``: float64 [num_nodes], NaN at terminal nodes
+        (``distributions.stop_log_probs``)."""
+        from .distributions import stop_log_probs
+
+        return stop_log_probs(self.module, self.tokenizer, prompt, trie)
 
     @torch.no_grad()
     def item_distributions(self, prompt: str, trie: Trie, batch_size: int = 256) -> tuple[Tensor, float, Tensor]:

@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 
 from .data.splits import NextItemData, Split, pad_histories
 from .metrics import rank_metrics
-from .threads import num_threads
+from .threads import num_threads, small_work_threads
 
 __all__ = ["SASRecConfig", "SASRec", "train_sasrec", "target_ranks", "popularity_recommend"]
 
@@ -67,8 +67,9 @@ class SASRecConfig:
         device: torch device for training and inference.
         progress: show a tqdm progress bar.
         num_threads: torch CPU threads while training and scoring (restored afterwards);
-            None keeps the current setting. 1 is often fastest for this small model, and
-            much faster on a machine whose cores are busy with other work.
+            None: small work's threads (``flower_lite.threads.small_work_threads``, 1 unless
+            ``FLOWER_LITE_THREADS`` says more), the fastest for this small model and much faster on a
+            machine whose cores are busy with other work.
     """
 
     hidden: int = 64
@@ -172,7 +173,7 @@ class SASRec(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            with num_threads(self.config.num_threads):
+            with num_threads(self.config.num_threads or small_work_threads()):
                 out = [self(self.encode(histories[lo:lo + self.config.batch_size])).cpu()
                        for lo in range(0, len(histories), self.config.batch_size)]
         finally:
@@ -229,7 +230,7 @@ def train_sasrec(data: NextItemData, config: SASRecConfig | None = None
     if len(data.train) == 0 or len(data.valid) == 0:
         raise ValueError("SASRec needs non-empty train and valid splits")
     history: list[dict[str, float]] = []
-    with num_threads(c.num_threads):
+    with num_threads(c.num_threads or small_work_threads()):
         model = _fit(data, c, history)
     return model, history
 

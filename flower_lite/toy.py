@@ -18,6 +18,7 @@ from .config import ToyConfig
 from .objective import PathLogProbs, objective_loss
 from .rewards import path_rewards
 from .tabular import TabularPolicy
+from .threads import num_threads, small_work_threads
 from .trie import Trajectories, Trie
 
 __all__ = ["ToyConfig", "ToyRun", "distribution_fit", "draw_target_sample", "fit_toy", "compare_methods", "summary_row"]
@@ -68,8 +69,13 @@ def fit_toy(trie: Trie, config: ToyConfig, sample: np.ndarray | None = None, pro
     ``draw_target_sample(trie, 1000, config.seed)``. The policy may stop early (write T at an
     incomplete title) only under ``subtb``, whose stop terms need log pi(T | s) at every state. TB's
     learned log Z_θ is relative to the exact log Z (``objective`` module) and starts at log Z_θ = 0,
-    i.e. at -log Z.
+    i.e. at -log Z. Tiny tensors: the fit runs on one thread (:mod:`flower_lite.threads`).
     """
+    with num_threads(small_work_threads()):
+        return _fit_toy(trie, config, sample, progress)
+
+
+def _fit_toy(trie: Trie, config: ToyConfig, sample: np.ndarray | None, progress: bool) -> ToyRun:
     objective = config.objective
     torch.manual_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
@@ -101,7 +107,11 @@ def fit_toy(trie: Trie, config: ToyConfig, sample: np.ndarray | None = None, pro
         gfn = rewards = None
         if objective.gfn:
             traj = gfn_trajectories()
-            gfn, rewards = along(traj), path_rewards(trie, traj.tokens, traj.lengths, penalty=objective.penalty)
+            gfn = along(traj)
+            rewards = path_rewards(trie, traj.tokens, traj.lengths, penalty=objective.penalty,
+                                   children=objective.loss == "distill")
+            if rewards.children is not None:  # log pi of the edge into every child of the visited states
+                gfn.children = policy.log_probs()[0][rewards.children.nodes.clamp_min(0)]
         sft = along(sft_paths) if objective.sft_weight > 0 else None
         loss, _ = objective_loss(objective, sft, gfn, rewards, log_z, sft_weight=sft_counts)
         if step % config.eval_every == 0 or step == config.steps:

@@ -13,7 +13,9 @@ from __future__ import annotations
 import json
 import math
 import os
-from contextlib import nullcontext
+import signal
+import threading
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -28,6 +30,7 @@ from .files import atomic_write, atomic_write_text
 from .objective import PathLogProbs, objective_loss
 from .rewards import path_rewards
 from .rollout import LMPolicy, OfflineSchedule
+from .threads import num_threads, threads_for
 from .trie import Trie
 
 __all__ = ["TrainConfig", "FitData", "TrainResult", "Trainer", "TrainingInterrupted", "fit", "lr_lambda",
@@ -105,16 +108,18 @@ class Trainer:
     ``model``: a Hugging Face causal LM (wrapped in :class:`~flower_lite.rollout.LMPolicy`) or a policy object
     with the same methods (``module``, ``bind``, ``prompts``, ``log_probs``, ``sample``, ``item_distributions``).
     ``log_rewards_fn(reward_rows) -> log R_u [B, N]`` gives per-user rewards (None: the trie's own flows);
-    ``eval_fn(policy) -> dict`` adds metrics to every evaluation.
+    ``eval_fn(policy) -> dict`` adds metrics to every evaluation; ``desc`` labels the progress bar (default:
+    the objective's name).
     """
 
     def __init__(self, model, tokenizer, trie: Trie, config: TrainConfig, data: FitData, valid: FitData | None = None,
                  log_rewards_fn: Callable[[np.ndarray], Tensor] | None = None, eval_fn: Callable[[object], dict] | None = None,
-                 output_dir: str | Path | None = None, progress: bool = True):
+                 output_dir: str | Path | None = None, progress: bool = True, desc: str | None = None):
         from accelerate import Accelerator
 
         self.config, self.data, self.valid = config, data, valid
         self.tokenizer, self.log_rewards_fn, self.eval_fn, self.progress = tokenizer, log_rewards_fn, eval_fn, progress
+        self.desc = desc or config.objective.name  # the progress bar's label
         self.accelerator = Accelerator(mixed_precision=config.mixed_precision)
         acc = self.accelerator
         launched = int(os.environ.get("WORLD_SIZE", "1"))
@@ -162,14 +167,16 @@ class Trainer:
             traj = trie.item_trajectories(items.to(trie.device))
         elif objective.gfn and mode == "on_policy":
             traj = self.policy.sample(batch, trie, self.config.temperature, generator, self.config.max_new_tokens)
-        sets = self.policy.log_probs(batch, [targets] if traj is targets else [targets, traj], trie.eos_id)
-        sft = PathLogProbs(*sets[0], targets.lengths.to(sets[0][0].device))
-        gfn = PathLogProbs(*sets[-1], traj.lengths.to(sets[-1][0].device))
-        weight = None if data.weights is None else torch.as_tensor(data.weights[rows], dtype=sft.action.dtype, device=sft.action.device)
         rewards = None
         if objective.gfn:
             rewards = path_rewards(trie, traj.tokens.to(trie.device), traj.lengths.to(trie.device),
-                                   self._log_rewards(data, rows), objective.penalty)
+                                   self._log_rewards(data, rows), objective.penalty, children=objective.loss == "distill")
+        trajs = [targets] if traj is targets else [targets, traj]
+        kids = None if rewards is None or rewards.children is None else [None] * (len(trajs) - 1) + [rewards.children.tokens]
+        sets = self.policy.log_probs(batch, trajs, trie.eos_id, kids)
+        sft = PathLogProbs(*sets[0][:2], targets.lengths.to(sets[0][0].device))
+        gfn = PathLogProbs(*sets[-1][:2], traj.lengths.to(sets[-1][0].device), *sets[-1][2:])
+        weight = None if data.weights is None else torch.as_tensor(data.weights[rows], dtype=sft.action.dtype, device=sft.action.device)
         return objective_loss(objective, sft, gfn, rewards, self.log_z, sft_weight=weight)
 
     # ------------------------------------------------------------------ loop
@@ -228,21 +235,24 @@ class Trainer:
     def run(self, resume: bool = True, stop_at: int | None = None) -> TrainResult:
         """Train until ``max_steps`` or early stopping; resumes from ``output_dir/checkpoint.pt`` if present.
 
-        ``stop_at`` interrupts the run after that step (with a checkpoint), as a crash would. Ctrl-C
-        (``KeyboardInterrupt``) writes a checkpoint of the last finished step and raises
-        :class:`TrainingInterrupted`. With ``config.select_best`` the model ends with the weights of the
-        best validation loss.
+        A checkpoint written with other settings is refused before anything is written. ``stop_at``
+        interrupts the run after that step (with a checkpoint), as a crash would. Ctrl-C (SIGINT) lets the
+        current step finish, writes a checkpoint and raises :class:`TrainingInterrupted`; the same call
+        then resumes exactly (a second Ctrl-C stops at once). With ``config.select_best`` the model ends
+        with the weights of the best validation loss. A small model trains on one thread (``threads.threads_for``).
         """
         cfg, acc = self.config, self.accelerator
         if self.output_dir is not None:
+            if resume and (self.output_dir / "checkpoint.pt").exists():
+                self.load_checkpoint(self.output_dir / "checkpoint.pt")
             if acc.is_main_process:
                 self.output_dir.mkdir(parents=True, exist_ok=True)
                 atomic_write_text(self.output_dir / "config.json", json.dumps(asdict(cfg), indent=2))
-            if resume and (self.output_dir / "checkpoint.pt").exists():
-                self.load_checkpoint(self.output_dir / "checkpoint.pt")
+                if self.step == 0:  # a fresh start: a log of an earlier attempt would be written twice
+                    _truncate_log(self.output_dir / "log.jsonl", -1)
         stopped = False
-        bar = tqdm(total=cfg.max_steps, initial=self.step, desc=cfg.objective.name, disable=not (self.progress and acc.is_main_process))
-        try:
+        bar = tqdm(total=cfg.max_steps, initial=self.step, desc=self.desc, disable=not (self.progress and acc.is_main_process))
+        with _deferred_interrupt() as interrupted, num_threads(threads_for(self.policy.module)):
             if self.step == 0:  # the initial model is a candidate too
                 record = {"step": 0, **self.evaluate()}
                 stopped = self._early_stopping(record)
@@ -258,13 +268,16 @@ class Trainer:
                     self._log(record)
                 if self.output_dir is not None and (self.step % cfg.save_every == 0 or self.step in (last, cfg.max_steps) or stopped):
                     self.save_checkpoint(self.output_dir / "checkpoint.pt")
-        except KeyboardInterrupt:
-            bar.close()
-            raise self._interrupted() from None
+                if interrupted():
+                    bar.close()
+                    raise self._interrupted()
+        if stopped:  # early stopping: the bar ends full at the step the run stopped
+            bar.total = self.step
+            bar.refresh()
         bar.close()
         if self.output_dir is not None and acc.is_main_process and (self.step >= cfg.max_steps or stopped):
             final = self.output_dir / "final"
-            acc.unwrap_model(self.model).save_pretrained(final)
+            _standalone(acc.unwrap_model(self.model)).save_pretrained(final)
             self.tokenizer.save_pretrained(final)
         acc.wait_for_everyone()
         if cfg.select_best and self.best_state is not None:
@@ -272,7 +285,7 @@ class Trainer:
         return TrainResult(acc.unwrap_model(self.model), self.history, self.output_dir, self.best_step, stopped)
 
     def _interrupted(self) -> TrainingInterrupted:
-        """Checkpoint the last finished step (a half-done step left no trace: its update had not run)."""
+        """Checkpoint the last finished step and say where."""
         path = None
         if self.output_dir is not None:
             path = self.output_dir / "checkpoint.pt"
@@ -364,8 +377,40 @@ def load_checkpoint_file(path: str | Path) -> dict:
 _WAY_OUT = "delete the file to train this run again from the start, or write the run to another folder"
 
 
+def _standalone(model: torch.nn.Module) -> torch.nn.Module:
+    """The model as a plain causal LM: LoRA adapters merged into a copy (the trained model is untouched), so
+    ``final/`` loads with ``models.load_causal_lm`` like any checkpoint."""
+    if hasattr(model, "merge_and_unload"):
+        import copy
+
+        return copy.deepcopy(model).merge_and_unload()
+    return model
+
+
 def _atomic_torch_save(obj, path: Path) -> None:
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+@contextmanager
+def _deferred_interrupt():
+    """While the body runs, the first Ctrl-C (SIGINT) only sets a flag, read with the yielded ``interrupted()``,
+    so the training loop stops at a step boundary; a second Ctrl-C raises ``KeyboardInterrupt`` at once.
+    Outside the main thread (where signals cannot be caught) nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+    requested = []
+
+    def handler(signum, frame):
+        if requested:
+            raise KeyboardInterrupt
+        requested.append(signum)
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield lambda: bool(requested)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _flat(config: dict, prefix: str = "") -> dict:

@@ -327,6 +327,17 @@ class Trie:
         mask[rows, s.token[starts + offsets]] = True
         return mask
 
+    def children_of(self, nodes: Tensor) -> tuple[Tensor, Tensor]:
+        """Children of states: nodes [*] -> (child nodes [*, C] padded with -1, mask [*, C]), C the largest
+        fan-out among them; T's terminal is the child of a complete title, -1 (off the trie) has none."""
+        s = self.structure
+        safe = nodes.clamp_min(0)
+        lo = s.child_lo[safe]
+        count = torch.where(nodes >= 0, s.child_hi[safe] - lo, torch.zeros_like(lo))
+        offsets = torch.arange(int(count.max()) if count.numel() else 0, device=nodes.device)
+        mask = offsets < count[..., None]
+        return torch.where(mask, lo[..., None] + offsets, torch.full_like(mask, NO_NODE, dtype=torch.long)), mask
+
     def prefix_tokens(self, nodes: Tensor) -> tuple[Tensor, Tensor]:
         """Token prefixes of states: ``[batch]`` nodes -> (tokens ``[batch, max_depth]`` padded with -1, lengths ``[batch]``)."""
         s = self.structure

@@ -77,9 +77,9 @@ def rq2_table(name: str) -> str:
 
 def option_change(command: str, base: str) -> str:
     """The options of ``command`` that ``base`` does not have (``--out`` left out)."""
-    drop_out = lambda c: re.sub(r"\s--out\s+\S+", "", c)  # noqa: E731
-    base_tokens = drop_out(base).split()
-    extra, tokens = [], drop_out(command).split()
+    drop = lambda c: re.sub(r"\s--(out|methods)\s+(?:(?!--)\S+\s*)+", " ", c)  # noqa: E731
+    base_tokens = drop(base).split()
+    extra, tokens = [], drop(command).split()
     i = 0
     while i < len(tokens):
         t = tokens[i]

@@ -24,12 +24,16 @@ def test_python_dash_m_entry_point():
 
 def test_fit_recommend_evaluate_round_trip(tmp_path, capsys):
     run = str(tmp_path / "run")
-    assert main(["fit", "--loss", "subtb", "--theta", "0.995", "--steps", "4", "--titles", "30", "--sample-size", "64", "--out", run]) == 0
+    assert main(["fit", "--loss", "subtb", "--theta", "0.995", "--steps", "4", "--titles", "30", "--sample-size", "64", "--out", run,
+                 "--json"]) == 0
     assert json.loads(capsys.readouterr().out.splitlines()[0])["step"] == 4
     assert main(["recommend", "--run", run, "--top", "5"]) == 0
     lines = [x for x in capsys.readouterr().out.splitlines() if x.strip()[:2].rstrip(".").isdigit()]
     assert len(lines) == 5
     assert main(["evaluate", "--run", run]) == 0
+    table = capsys.readouterr().out
+    assert "KL(P‖Q)" in table and "lower is better" in table and "mean popularity rank" in table
+    assert main(["evaluate", "--run", run, "--json"]) == 0
     out = capsys.readouterr().out
     metrics = json.loads(out[out.index("{") :])
     assert 0 <= metrics["c_tv"] <= 1 and metrics["c_kl"] >= 0 and 1 <= metrics["mean_pop_rank"] <= 30
@@ -49,4 +53,5 @@ def test_compare_prints_and_writes_the_rq2_table(tmp_path, capsys):
         assert 0 <= r["ndcg@10"] <= r["hit@10"] <= 1 and 0 <= r["mgu"] <= r["dgu"] <= 2
         assert 10 <= r["coverage"] and r["invalid"] == 0
     assert rows[0]["coverage"] == 10  # popularity: the same 10 items for every row
-    assert "BIGRec (SFT) |" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "BIGRec (SFT)" in printed and "NDCG@10" in printed and "lower is fairer" in printed

@@ -231,3 +231,25 @@ def test_checkpoint_generation_defaults_do_not_leak(setup):
     chatty.generation_config.update(do_sample=True, top_k=20, top_p=0.8, temperature=0.7, repetition_penalty=1.05)
     assert recommend(chatty, tok, PROMPTS, trie) == recommend(model, tok, PROMPTS, trie)
     assert sample_items(chatty, tok, PROMPTS, trie, num_samples=4) == sample_items(model, tok, PROMPTS, trie, num_samples=4)
+
+
+def test_stop_log_probs_match_one_forward_pass_per_state(setup):
+    """log pi(T | s) at every state, from the per-node passes, equals a forward pass over prompt + prefix."""
+    from flower_lite.distributions import stop_log_probs, stop_summary
+
+    model, tok, trie, _, _ = setup
+    log_stop = stop_log_probs(model, tok, PROMPT, trie, batch_size=7)
+    terminal = trie.structure.token == trie.eos_id
+    assert torch.isnan(log_stop[terminal]).all() and not torch.isnan(log_stop[~terminal]).any()
+    prompt = tok(PROMPT)["input_ids"]
+    for node in torch.randperm(trie.num_nodes, generator=torch.Generator().manual_seed(0))[:25].tolist():
+        if terminal[node]:
+            continue
+        prefix = trie.prefix_tokens(torch.tensor([node]))[0][0].tolist()
+        with torch.no_grad():
+            logits = model(torch.tensor([prompt + prefix])).logits[0, -1].double()
+        assert log_stop[node].item() == pytest.approx((logits[trie.eos_id] - logits.logsumexp(-1)).item(), abs=1e-5)
+    summary = stop_summary(trie, log_stop)
+    assert summary["complete_states"] == trie.terminal_nodes.numel()
+    assert summary["internal_states"] == int((~terminal).sum()) - summary["complete_states"]
+    assert summary["internal_min"] <= summary["internal_mean"] <= summary["internal_max"] < 0

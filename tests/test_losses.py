@@ -211,3 +211,101 @@ def test_theta_mix_and_errors():
         losses.theta_mix(torch.tensor(1.0), torch.tensor(1.0), 1.5)
     with pytest.raises(ValueError, match="normalisation"):
         losses.subtrajectory_balance_loss(torch.zeros(1, 1), torch.zeros(1, 2), torch.zeros(1, 2), torch.tensor([1]), normalisation="x")
+
+
+# ---------------------------------------------------------------------------- objectives that condition the stop terms
+def test_subtb_exact_and_distillation_zero_at_the_flow_optimum_and_positive_after_perturbation(trie):
+    tokens, lengths = complete_batch()
+    rewards = path_rewards(trie, tokens, lengths, children=True)
+    policy = flow_optimum(trie)
+
+    def both():
+        path, mask = place_stop(*policy.path_log_probs(tokens, lengths), lengths)
+        log_edge, _ = policy.log_probs()
+        children = log_edge[rewards.children.nodes.clamp_min(0)]
+        return {"subtb_exact": losses.exact_subtb_loss(path, rewards.log_r_path, mask, subtb_lambda=0.6),
+                "subtb_exact_n2": losses.exact_subtb_loss(path, rewards.log_r_path, mask, granularity=2, normalisation="sequence"),
+                "distill": losses.flow_distillation_loss(children, rewards.children.log_r, rewards.children.mask)}
+
+    for name, value in both().items():
+        assert value.item() == pytest.approx(0.0, abs=1e-14), name
+    with torch.no_grad():
+        policy.edge_logit[trie.node_of([1, 2, 3])] += 0.5
+    for name, value in both().items():
+        assert value.item() > 1e-4, name
+
+
+def test_distillation_supervises_children_no_trajectory_took():
+    """Only the title [3] is visited. Moving mass between the root's other children, [1] and [2], keeps
+    pi(3 | root): DB on the path stays 0, flow distillation sees the untaken children and is > 0."""
+    trie = Trie.from_sequences([[1], [2], [3]], [1.0, 2.0, 3.0], eos_id=EOS)
+    tokens, lengths = batch([[3]])
+    rewards = path_rewards(trie, tokens, lengths, children=True)
+    policy = flow_optimum(trie)
+    one, two = trie.node_of([1]), trie.node_of([2])
+    with torch.no_grad():
+        a, b = policy.edge_logit[one].item(), policy.edge_logit[two].item()
+        total = math.log(math.exp(a) + math.exp(b))
+        policy.edge_logit[one] = a + 0.8
+        policy.edge_logit[two] = math.log(math.exp(total) - math.exp(a + 0.8))  # same logsumexp of {1, 2}
+    path, mask = place_stop(*policy.path_log_probs(tokens, lengths), lengths)
+    assert losses.detailed_balance_loss(path, rewards.log_r_path, mask).item() == pytest.approx(0.0, abs=1e-20)
+    kids = policy.log_probs()[0][rewards.children.nodes.clamp_min(0)]
+    assert losses.flow_distillation_loss(kids, rewards.children.log_r, rewards.children.mask).item() > 1e-3
+
+
+def test_calibrated_penalty_keeps_the_subtb_optimum(trie):
+    """A penalty calibrated to the policy's own stop probabilities is still a valid SubTB reward: the loss
+    is 0 at the stop-anywhere optimum of that penalty and > 0 at the -15 optimum."""
+    tokens, lengths = batch([[1, 2], [1], [5, 5]])
+    for penalty in (-21.4, -6.0):
+        rewards = path_rewards(trie, tokens, lengths, penalty=penalty)
+        for optimum, zero in ((penalty, True), (-15.0, False)):
+            action, stop = stop_anywhere_optimum(trie, penalty=optimum).path_log_probs(tokens, lengths)
+            value = losses.subtrajectory_balance_loss(action, stop, rewards.log_stop_reward, lengths).item()
+            assert (value == pytest.approx(0.0, abs=1e-18)) if zero else value > 1.0, (penalty, optimum, value)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 5), st.integers(1, 6), st.floats(0.2, 1.0), st.integers(1, 3), st.sampled_from(["pairs", "sequence"]),
+       st.integers(0, 1000))
+def test_vectorised_exact_subtb_equals_naive_double_loop(batch_size, k_max, lam, n, normalisation, seed):
+    g = torch.Generator().manual_seed(seed)
+    log_pi = torch.randn(batch_size, k_max + 1, generator=g, dtype=torch.float64)
+    log_r = torch.randn(batch_size, k_max + 1, generator=g, dtype=torch.float64)
+    lengths = torch.randint(1, k_max + 2, (batch_size,), generator=g)  # path lengths, T included
+    mask = torch.arange(k_max + 1)[None, :] < lengths[:, None]
+    total, count, per_seq = 0.0, 0, []
+    for b in range(batch_size):
+        k = int(lengths[b])
+        states = [t for t in range(k + 1) if t % n == 0 or t == k]
+        seq_total = seq_count = 0
+        for x in range(len(states)):
+            for y in range(x + 1, len(states)):
+                i, j = states[x], states[y]
+                seq_total += lam ** (y - x - 1) * float((log_pi[b, i:j] - log_r[b, i:j]).sum()) ** 2
+                seq_count += 1
+        total, count = total + seq_total, count + seq_count
+        per_seq.append(seq_total / seq_count)
+    want = total / count if normalisation == "pairs" else sum(per_seq) / len(per_seq)
+    got = losses.exact_subtb_loss(log_pi, log_r, mask, lam, n, normalisation)
+    assert got.item() == pytest.approx(want, rel=1e-10, abs=1e-12)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 4), st.integers(1, 5), st.integers(1, 4), st.integers(0, 1000))
+def test_vectorised_distillation_equals_naive_loop(batch_size, states, children, seed):
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.rand(batch_size, states, children, generator=g) < 0.7
+    mask[0, 0, 0] = True
+    log_pi = torch.log_softmax(torch.randn(batch_size, states, children, generator=g, dtype=torch.float64), -1)
+    raw = torch.randn(batch_size, states, children, generator=g, dtype=torch.float64).masked_fill(~mask, -math.inf)
+    log_r = torch.log_softmax(raw, -1)
+    kls = []
+    for b in range(batch_size):
+        for s in range(states):
+            if mask[b, s].any():
+                kls.append(sum(math.exp(log_r[b, s, c]) * (log_r[b, s, c] - log_pi[b, s, c])
+                               for c in range(children) if mask[b, s, c]))
+    got = losses.flow_distillation_loss(log_pi, log_r, mask)
+    assert got.item() == pytest.approx(float(np.mean(kls)), rel=1e-10, abs=1e-12)

@@ -24,7 +24,8 @@ EOS, VOCAB = 0, 8
 SEQS = [[1, 2], [1, 3], [4], [1, 2, 5], [6, 7]]  # [1, 2] is a prefix title of [1, 2, 5]
 WEIGHTS = [3.0, 1.0, 2.0, 4.0, 0.5]
 OBJECTIVES = [Objective("sft"), Objective("tb"), Objective("db"), Objective("subtb"), Objective("subtb", theta=0.9),
-              Objective("db", theta=0.5), Objective("subtb", subtb_lambda=0.5, granularity=2, normalisation="sequence")]
+              Objective("db", theta=0.5), Objective("subtb", subtb_lambda=0.5, granularity=2, normalisation="sequence"),
+              Objective("subtb_exact"), Objective("distill"), Objective("distill", theta=0.5), Objective("subtb", penalty=-21.4)]
 
 
 class TabularLM(torch.nn.Module):
@@ -92,7 +93,9 @@ def _toy_step_loss(trie, objective, policy, titles) -> float:
     """The toy loop's loss of ``policy`` on every title (its ``fit_toy`` at step 0, for any policy)."""
     traj = trie.title_trajectories(torch.as_tensor(titles))
     paths = PathLogProbs(*policy.path_log_probs(traj.tokens, traj.lengths), traj.lengths)
-    rewards = path_rewards(trie, traj.tokens, traj.lengths, penalty=objective.penalty)
+    rewards = path_rewards(trie, traj.tokens, traj.lengths, penalty=objective.penalty, children=objective.loss == "distill")
+    if rewards.children is not None:
+        paths.children = policy.log_probs()[0][rewards.children.nodes.clamp_min(0)]
     log_z = torch.tensor(-trie.log_z, dtype=torch.float64)
     sft = paths if objective.sft_weight > 0 else None
     loss, _ = objective_loss(objective, sft, paths if objective.gfn else None, rewards if objective.gfn else None, log_z,

@@ -270,8 +270,9 @@ def load_amazon(category: str, root: str | Path | None = None,
             raise FileNotFoundError(
                 f"no shared data for {category!r}: expected "
                 f"{(shared_data_dir() or _DEFAULT_DATA) / 'amazon' / category}; set "
-                f"{DATA_ENV} to the data folder, pass root=, or build the folder from the raw "
-                f"Amazon files with `python -m flower_lite.data.amazon_raw`")
+                f"{DATA_ENV} to the data folder that holds amazon/{category}, give the category folder "
+                f"itself (--data on the command line), or build it from the raw Amazon files with "
+                f"`python -m flower_lite.data.amazon_raw`")
     else:
         root = Path(root)
         candidates = [root / category, root / "amazon" / category, root]

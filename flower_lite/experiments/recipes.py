@@ -21,8 +21,8 @@ FLOWER = Objective("subtb", theta=0.995)
 
 
 def rq1_config(objective: Objective | str = RQ1_DEFAULT, steps: int = 200, **overrides) -> TrainConfig:
-    """Settings of notebook 03 and ``flower-lite fit``: learning rate 3e-3 and batch 32 (they suit the tiny
-    model; pass overrides for real models), 4 evaluations, GFlowNet trajectories over the whole catalogue
+    """Settings of notebook 03 and ``flower-lite fit``: learning rate 3e-3 and batch 32 (the tiny model's, and
+    LoRA's on a pretrained model's top layer), 4 evaluations, GFlowNet trajectories over the whole catalogue
     (``catalog``: exact flows make every title a valid off-policy trajectory). ``objective``: an
     :class:`~flower_lite.config.Objective` or a name in :data:`RQ1_OBJECTIVES`."""
     if isinstance(objective, str):

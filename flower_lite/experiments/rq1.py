@@ -129,6 +129,26 @@ def load_model(name: str, target: Target, prompt: str = RQ1_PROMPT):
     return models.load_causal_lm(name)
 
 
+def rq1_policy(run: RQ1Run, model, tokenizer, trie: Trie):
+    """The policy that trains: the frozen-trunk one (:class:`flower_lite.trunk.CachedTrunkPolicy`, only the top
+    ``run.trunk_layers`` layers train, on cached states) or the whole model (:class:`~flower_lite.rollout.LMPolicy`),
+    with LoRA adapters of rank ``run.lora_rank`` or full training (module docstring of ``config.RQ1Run``)."""
+    import torch
+
+    from ..models import LoraSettings, apply_lora
+    from ..rollout import LMPolicy
+
+    pretrained = run.model != "tiny"
+    trunk = run.trunk_layers if run.trunk_layers is not None else int(pretrained and not torch.cuda.is_available())
+    rank = run.lora_rank if run.lora_rank is not None else (16 if pretrained else 0)
+    lora = LoraSettings(r=rank, alpha=2 * rank) if rank else None
+    if trunk:
+        from ..trunk import CachedTrunkPolicy
+
+        return CachedTrunkPolicy(model, tokenizer, trie, top_layers=trunk, lora=lora)
+    return LMPolicy(apply_lora(model, lora) if lora else model, tokenizer)
+
+
 class RunFolderError(ValueError):
     """A run folder that belongs to another run (other data, titles, model or settings)."""
 
@@ -169,25 +189,43 @@ def run_fit(run: RQ1Run, train: TrainConfig, out_dir: str | Path, progress: bool
     if run.sample_size < train.batch_size:
         raise ValueError(f"sample_size {run.sample_size} is smaller than the batch size {train.batch_size}")
     model, tokenizer = load_model(run.model, target)
-    trie = title_trie(tokenizer, target.titles, target.counts)
+    trie = title_trie(tokenizer, target.titles, target.counts, stop=run.stop)
     train_trie = trie.reweight(item_rewards(run.reward, target.counts))
+    policy = rq1_policy(run, model, tokenizer, trie)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "run.json", json.dumps(record, indent=1))
     atomic_write_text(out / "target.json", json.dumps({"name": target.name, "titles": target.titles,
                                                        "counts": target.counts.tolist()}, indent=1))
-    return fit(model, tokenizer, train_trie, train, sft_sample(target, run.sample_size, train.seed),
+    return fit(policy, tokenizer, train_trie, train, sft_sample(target, run.sample_size, train.seed),
                eval_fn=eval_fn(trie, target), output_dir=out, progress=progress)
 
 
 def load_run(run_dir: str | Path):
-    """(model, tokenizer, trie, target) of a finished ``run_fit`` run (its ``final`` model)."""
+    """(model, tokenizer, trie, target) of a finished ``run_fit`` run (its ``final`` model); errors name the
+    missing or corrupt file and the way out."""
     from ..models import load_causal_lm
 
     run = Path(run_dir)
-    meta = json.loads((run / "target.json").read_text())
-    target = Target(meta["name"], meta["titles"], np.asarray(meta["counts"], dtype=np.float64))
-    model, tokenizer = load_causal_lm(str(run / "final"))
-    return model, tokenizer, title_trie(tokenizer, target.titles, target.counts), target
+    if not (run / "target.json").is_file():
+        raise FileNotFoundError(f"no run in {run} (it has no target.json): train one with `flower-lite fit --out {run}`")
+    if not (run / "final").is_dir():
+        raise FileNotFoundError(f"the run in {run} has no final model yet: finish it with the same `flower-lite fit` command")
+    try:
+        meta = json.loads((run / "target.json").read_text(encoding="utf-8"))
+        target = Target(meta["name"], meta["titles"], np.asarray(meta["counts"], dtype=np.float64))
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{run / 'target.json'} is corrupt ({err}): delete the run folder and fit it again") from None
+    try:
+        stop = json.loads((run / "run.json").read_text(encoding="utf-8"))["run"].get("stop", "eos") if (run / "run.json").exists() else "eos"
+    except (ValueError, KeyError) as err:
+        raise ValueError(f"{run / 'run.json'} is corrupt ({err}): delete the run folder and fit it again") from None
+    try:
+        model, tokenizer = load_causal_lm(str(run / "final"))
+    except Exception as err:  # noqa: BLE001 - safetensors, json and transformers raise their own types
+        raise ValueError(f"cannot load the model in {run / 'final'} ({type(err).__name__}: {str(err).splitlines()[0]}): "
+                         f"the file is corrupt or incomplete; delete {run / 'final'} and rerun the same "
+                         "`flower-lite fit` command to write it again") from None
+    return model, tokenizer, title_trie(tokenizer, target.titles, target.counts, stop=stop), target
 
 
 def top_k_popularity(ranked: list[int], target: Target) -> dict:

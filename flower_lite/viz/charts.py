@@ -70,17 +70,23 @@ def lorenz_figure(dists: Mapping[str, object], title: str = "Lorenz curves of ex
 
     x = cumulative share of items, y = cumulative share of probability mass (or exposure); the
     diagonal is perfect equality. Gini = ``metrics.gini``. One trace per distribution, then the diagonal.
+    A distribution named ``target...`` is drawn in black and the others take the palette in order, as in
+    :func:`distribution_figure`, so a model has the same colour in both figures.
     """
     fig = go.Figure()
-    for k, (name, w) in enumerate(dists.items()):
+    k = -1
+    for name, w in dists.items():
+        is_target = name.lower().startswith("target")
+        k += 0 if is_target else 1
+        line = dict(color=TARGET_COLOR, width=3) if is_target else dict(
+            color=color(k), width=2, dash=("solid", "dash", "dot", "dashdot")[k % 4])
         w = as_array(w)
         x = np.sort(w)
         y = np.concatenate([[0.0], np.cumsum(x) / x.sum()])
         share = np.linspace(0.0, 1.0, x.size + 1)
         g = metrics.gini(w)
         fig.add_trace(go.Scatter(
-            x=share, y=y, name=f"{name} (Gini = {g:.3f})", mode="lines",
-            line=dict(color=color(k), width=2, dash=("solid", "dash", "dot", "dashdot")[k % 4]),
+            x=share, y=y, name=f"{name} (Gini = {g:.3f})", mode="lines", line=line,
             hovertemplate="%{x:.1%} of items hold %{y:.1%} of the mass<extra>" + name + "</extra>",
         ))
     fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], name="equality (Gini = 0)", mode="lines",

@@ -17,9 +17,9 @@ the figures are still recomputed, so the panels can be driven by setting widget 
 """
 from __future__ import annotations
 
-from .display import in_kernel, mime_bundle, redraw
+from .display import in_kernel, mime_bundle, panel_bundle, redraw
 from .reward_panel import RewardShapingPanel
 from .runs import RunExplorer, load_runs, save_run
 from .train_panel import TrainPanel
 
-__all__ = ["RewardShapingPanel", "TrainPanel", "RunExplorer", "save_run", "load_runs", "in_kernel", "mime_bundle", "redraw"]
+__all__ = ["RewardShapingPanel", "TrainPanel", "RunExplorer", "save_run", "load_runs", "in_kernel", "mime_bundle", "panel_bundle", "redraw"]

@@ -8,7 +8,7 @@ import plotly.graph_objects as go
 import plotly.io as pio
 from IPython.display import display
 
-__all__ = ["in_kernel", "redraw", "mime_bundle"]
+__all__ = ["in_kernel", "redraw", "mime_bundle", "panel_bundle"]
 
 
 def in_kernel() -> bool:
@@ -64,3 +64,17 @@ def mime_bundle(obj) -> dict:
 
     data, _ = get_ipython().display_formatter.format(obj)
     return data
+
+
+def panel_bundle(widget: W.Widget, figures) -> dict:
+    """The display data of a panel: the live widget, and the panel's current ``figures`` as static HTML.
+
+    JupyterLab, VS Code and Colab draw the widget; an exported notebook (``jupyter nbconvert --to html``)
+    has no widget state, so the exporter skips the widget and shows the static figures instead of the
+    text ``VBox(...)``. The figures' HTML calls ``Plotly.newPlot`` on the plotly.js that
+    ``viz.setup_notebook_rendering`` embedded at the top of the notebook.
+    """
+    bundle = dict(widget._repr_mimebundle_() or {})
+    html = "".join(fig.to_html(full_html=False, include_plotlyjs=False) for fig in figures)
+    return {**bundle, "text/html": f"<div class='flower-lite-static-panel'>{html}</div>"}
+

@@ -6,12 +6,11 @@ from typing import Callable, Sequence
 import ipywidgets as W
 import numpy as np
 import torch
-from IPython.display import display
 
 from .. import metrics, viz
 from ..rewards import mix_uniform, personalised_log_rewards, popularity_rewards
 from ..trie import Trie
-from .display import redraw
+from .display import panel_bundle, redraw
 
 
 class RewardShapingPanel:
@@ -113,6 +112,7 @@ class RewardShapingPanel:
             controls.append(self.user)
         self.summary = W.HTML()
         self.out_target, self.out_trie = W.Output(), W.Output()
+        self.y_range = self._fixed_y_range()
         self.widget = W.VBox([W.HBox([W.VBox(controls), self.summary]), self.out_target, self.out_trie])
         self._figures: dict = {}
         for w in controls:
@@ -144,6 +144,17 @@ class RewardShapingPanel:
         """The current figures: {"target": distribution figure, "trie": trie figure}."""
         return dict(self._figures)
 
+    def _fixed_y_range(self) -> list[float]:
+        """log10 range of the target figure's y axis, fixed over the α slider (so moving α moves the curve,
+        not the axis): from the flattest (α = 0) to the steepest (α at its maximum) popularity target."""
+        probs = []
+        for a in (self.alpha.min, self.alpha.max):
+            r = popularity_rewards(self.counts, a, self.eps)
+            probs.append(self.base_trie.reweight(r).title_log_probs().exp().numpy())
+        p = np.concatenate(probs)
+        p = p[p > 0]
+        return [float(np.log10(p.min())) - 0.5, float(np.log10(max(p.max(), 1e-12))) + 0.2]
+
     # ------------------------------------------------------------------ updating
     def _on_change(self, change) -> None:
         self.update()
@@ -160,6 +171,7 @@ class RewardShapingPanel:
                       f"w = {self.weight.value:.2f}{who})"),
             "trie": viz.trie_figure(self.trie, self.token_text, self.max_depth, self.max_children),
         }
+        self._figures["target"].update_yaxes(range=self.y_range, autorange=False)
         self.summary.value = (
             f"<div style='padding-left:1em'><b>target</b><br>"
             f"head share (top {self.head_fraction:.0%} titles): {self.head_share():.3f}<br>"
@@ -168,5 +180,6 @@ class RewardShapingPanel:
         redraw(self.out_target, self._figures["target"])
         redraw(self.out_trie, self._figures["trie"])
 
-    def _ipython_display_(self) -> None:  # pragma: no cover - notebook only
-        display(self.widget)
+    def _repr_mimebundle_(self, **kwargs) -> dict:
+        """The live panel, with its figures as static HTML for exported notebooks (``display.panel_bundle``)."""
+        return panel_bundle(self.widget, self._figures.values())

@@ -7,11 +7,10 @@ from typing import Sequence
 
 import ipywidgets as W
 import numpy as np
-from IPython.display import display
 
 from .. import metrics, viz
 from ..files import atomic_write_text
-from .display import redraw
+from .display import panel_bundle, redraw
 
 
 def save_run(folder, name: str, q: Sequence[float], **settings) -> Path:
@@ -128,5 +127,6 @@ class RunExplorer:
         """The current figures: {"distribution", "lorenz", "table"}."""
         return dict(self._figures)
 
-    def _ipython_display_(self) -> None:  # pragma: no cover - notebook only
-        display(self.widget)
+    def _repr_mimebundle_(self, **kwargs) -> dict:
+        """The live panel, with its figures as static HTML for exported notebooks (``display.panel_bundle``)."""
+        return panel_bundle(self.widget, self._figures.values())

@@ -4,12 +4,11 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 import ipywidgets as W
-from IPython.display import display
 
 from .. import viz
 from ..config import LOSSES, Objective, ToyConfig
 from ..trie import Trie
-from .display import redraw
+from .display import panel_bundle, redraw
 
 
 class TrainPanel:
@@ -116,5 +115,6 @@ class TrainPanel:
         """The current figures: {"curves", "distribution"} (empty before the first run)."""
         return dict(self._figures)
 
-    def _ipython_display_(self) -> None:  # pragma: no cover - notebook only
-        display(self.widget)
+    def _repr_mimebundle_(self, **kwargs) -> dict:
+        """The live panel, with its figures as static HTML for exported notebooks (``display.panel_bundle``)."""
+        return panel_bundle(self.widget, self._figures.values())

@@ -33,7 +33,8 @@ def run_comparison(setup: RecSetup, new_model: Callable[[], torch.nn.Module], tr
         out["SASRec"] = sasrec(setup)
     if {"BIGRec (SFT)", "SFT T=1.5", "D3"} & set(methods):
         sft = bigrec(setup, new_model(), train, progress=progress)
-        decoded = {"BIGRec (SFT)": lambda: sft, "SFT T=1.5": lambda: sft_temperature(setup, sft), "D3": lambda: d3(setup, sft)}
+        decoded = {"BIGRec (SFT)": lambda: sft, "SFT T=1.5": lambda: sft_temperature(setup, sft, progress=progress),
+                   "D3": lambda: d3(setup, sft, progress=progress)}
         out |= {name: make() for name, make in decoded.items() if name in methods}
     if "IFairLRS" in methods:
         out["IFairLRS"] = ifairlrs(setup, new_model(), train, progress=progress)
@@ -68,7 +69,8 @@ def rq2_table(data: str = "default", train: TrainConfig | None = None, reward: R
     (``methods``: a subset of :data:`METHODS`; the ceiling row is always there).
     """
     train = train or rq2_config(seed=seed)
-    setup, new_model, _ = rq2_setup(data, train_rows, valid_rows, test_rows, seed, threads=threads, reward=reward)
+    setup, new_model, _ = rq2_setup(data, train_rows, valid_rows, test_rows, seed, threads=threads, reward=reward,
+                                    progress=progress)
     results = run_comparison(setup, new_model, train, progress=progress, methods=methods)
     ceiling = f"R_u ceiling ({setup.reward.variant})"
     results[ceiling] = reward_ranking(ceiling, setup)

@@ -67,30 +67,33 @@ def score(name: str, setup: RecSetup, ranked: list[list[int]], **extra) -> Metho
     return MethodResult(name, {k: float(v) for k, v in m.items()}, ranked, **extra)
 
 
-def decode(model: torch.nn.Module, setup: RecSetup, settings: DecodeSettings | None = None, split: str = "test"
-           ) -> list[list[int]]:
-    """Trie-constrained beam search on the prompts of ``split``: ranked distinct catalogue items per row."""
+def decode(model: torch.nn.Module, setup: RecSetup, settings: DecodeSettings | None = None, split: str = "test",
+           progress: str | None = None) -> list[list[int]]:
+    """Trie-constrained beam search on the prompts of ``split``: ranked distinct catalogue items per row
+    (``progress``: the label of a progress bar, e.g. the method's name)."""
     s = settings or setup.config.decode_settings()
     model.eval()
     with num_threads(setup.config.num_threads):
         return decoding.recommend(model, setup.tokenizer, setup.prompts[split], setup.trie, num_beams=s.num_beams,
                                   num_return=s.num_return, length_penalty=s.length_penalty, temperature=s.temperature,
-                                  max_new_tokens=s.max_new_tokens or setup.trie.max_path_length, batch_size=s.batch_size)
+                                  max_new_tokens=s.max_new_tokens or setup.trie.max_path_length, batch_size=s.batch_size,
+                                  progress=progress)
 
 
 def train_model(setup: RecSetup, model: torch.nn.Module, train: TrainConfig, reward: RewardSpec | None = None,
-                weights: np.ndarray | None = None, output_dir=None, progress: bool = False) -> TrainResult:
+                weights: np.ndarray | None = None, output_dir=None, progress: bool = False, name: str | None = None
+                ) -> TrainResult:
     """Fit ``model`` on the train split with ``train.objective`` (the reward ``reward``, default
     ``setup.reward``, for a GFlowNet term) and end with the weights of the best validation loss.
 
     ``div_s`` / ``add_log_s`` need ``setup.preferences`` (a SASRec); IFairLRS-style ``weights``
-    [train rows] reweight the SFT term per sample.
+    [train rows] reweight the SFT term per sample. ``name`` labels the progress bar.
     """
     log_rewards_fn = reward_fn(setup, reward) if train.objective.gfn else None
     with num_threads(setup.config.num_threads):
         trainer = Trainer(model, setup.tokenizer, setup.trie, replace(train, select_best=True),
                           setup.fit_data("train", weights), setup.fit_data("valid"), log_rewards_fn=log_rewards_fn,
-                          output_dir=output_dir, progress=progress)
+                          output_dir=output_dir, progress=progress, desc=name)
         return trainer.run()
 
 
@@ -100,19 +103,19 @@ def run_method(name: str, setup: RecSetup, model: torch.nn.Module, train: TrainC
     """Train (:func:`train_model`), select on validation, decode the test split and evaluate. ``model`` is
     trained in place."""
     t0 = time.perf_counter()
-    result = train_model(setup, model, train, reward, weights, output_dir, progress)
+    result = train_model(setup, model, train, reward, weights, output_dir, progress, name)
     t1 = time.perf_counter()
-    ranked = decode(result.model, setup, decode_settings)
+    ranked = decode(result.model, setup, decode_settings, progress=f"decode {name}" if progress else None)
     t2 = time.perf_counter()
     return score(name, setup, ranked, model=result.model, history=result.history, best_step=result.best_step,
                  seconds={"train": t1 - t0, "decode": t2 - t1})
 
 
-def redecode(name: str, setup: RecSetup, trained: MethodResult, **settings) -> MethodResult:
+def redecode(name: str, setup: RecSetup, trained: MethodResult, progress: bool = False, **settings) -> MethodResult:
     """Decode an already trained method again with other settings (e.g. ``temperature=1.5``,
     ``length_penalty=0.0``) and score it; the model is shared, not copied."""
     t0 = time.perf_counter()
-    ranked = decode(trained.model, setup, setup.config.decode_settings(**settings))
+    ranked = decode(trained.model, setup, setup.config.decode_settings(**settings), progress=f"decode {name}" if progress else None)
     return score(name, setup, ranked, model=trained.model, history=trained.history, best_step=trained.best_step,
                  seconds={"train": 0.0, "decode": time.perf_counter() - t0})
 
@@ -144,14 +147,15 @@ def bigrec(setup: RecSetup, model: torch.nn.Module, train: TrainConfig, **kwargs
     return run_method("BIGRec (SFT)", setup, model, replace(train, objective=Objective("sft")), **kwargs)
 
 
-def sft_temperature(setup: RecSetup, sft: MethodResult, temperature: float = SFT_TEMPERATURE) -> MethodResult:
+def sft_temperature(setup: RecSetup, sft: MethodResult, temperature: float = SFT_TEMPERATURE, progress: bool = False
+                    ) -> MethodResult:
     """The SFT model's beam search at ``temperature`` (default 1.5)."""
-    return redecode(f"SFT T={temperature:g}", setup, sft, temperature=temperature)
+    return redecode(f"SFT T={temperature:g}", setup, sft, progress, temperature=temperature)
 
 
-def d3(setup: RecSetup, sft: MethodResult) -> MethodResult:
+def d3(setup: RecSetup, sft: MethodResult, progress: bool = False) -> MethodResult:
     """D3 decoding of the SFT model: length_penalty 0.0."""
-    return redecode("D3", setup, sft, length_penalty=D3_LENGTH_PENALTY)
+    return redecode("D3", setup, sft, progress, length_penalty=D3_LENGTH_PENALTY)
 
 
 def ifairlrs_group_weights(data: NextItemData, n_groups: int = 8) -> tuple[list[np.ndarray], np.ndarray]:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -34,7 +35,7 @@ import torch
 from torch import Tensor
 
 from ...config import RewardSpec
-from ...data import load_amazon, load_default_catalog, next_item_data_from_catalog
+from ...data import load_amazon, load_bigrec, load_default_catalog, next_item_data_from_catalog
 from ...data.splits import NextItemData, Split
 from ...models import make_tiny_model
 from ...prompts import MAX_TITLE_TOKENS, build_prompt, title_trie
@@ -222,11 +223,17 @@ def prepare(data: NextItemData, tokenizer, sasrec=None, config: RecommendConfig 
 
 # ---------------------------------------------------------------------------- one call
 def rq2_data(data: str = "default") -> tuple[NextItemData, str, str, int]:
-    """``(rows, plural, singular, vocab_size)`` of an RQ2 data set: the synthetic default (``"default"``)
-    or a shared Amazon category (``"Movies_and_TV"``, ...); ``vocab_size`` is the tiny tokenizer's."""
+    """``(rows, plural, singular, vocab_size)`` of an RQ2 data set: the synthetic default (``"default"``), a
+    shared Amazon category (``"Movies_and_TV"``, ...) or a folder in the BIGRec layout (``items.tsv`` and
+    the three split CSVs, :func:`~flower_lite.data.load_bigrec`); ``vocab_size`` is the tiny tokenizer's."""
     if data == "default":
         return next_item_data_from_catalog(load_default_catalog()), *CATEGORY_NOUNS["synthetic"], 512
-    return load_amazon(data), *CATEGORY_NOUNS[data], 2048
+    if data in CATEGORY_NOUNS:
+        return load_amazon(data), *CATEGORY_NOUNS[data], 2048
+    if Path(data).expanduser().is_dir():
+        return load_bigrec(Path(data).expanduser()), "items", "item", 2048
+    raise ValueError(f"unknown data set {data!r}: expected default, {', '.join(c for c in CATEGORY_NOUNS if c != 'synthetic')} "
+                     "or a folder in the BIGRec layout (items.tsv, train/valid/test.csv)")
 
 
 def tiny_policy(seed: int = 0, **tiny) -> Callable[[list[str], int], tuple]:
@@ -237,8 +244,8 @@ def tiny_policy(seed: int = 0, **tiny) -> Callable[[list[str], int], tuple]:
 def rq2_setup(data: str = "default", train_rows: int | None = None, valid_rows: int | None = 64,
               test_rows: int | None = 128, seed: int = 0, sasrec_config: SASRecConfig | None = None,
               policy: Callable[[list[str], int], tuple] | None = None, threads: int | None = 1,
-              reward: RewardSpec | None = None, decode_batch_size: int = 16, prompt_texts: int = 200
-              ) -> tuple[RecSetup, Callable[[], torch.nn.Module], list[dict]]:
+              reward: RewardSpec | None = None, decode_batch_size: int = 16, prompt_texts: int = 200,
+              progress: bool = False) -> tuple[RecSetup, Callable[[], torch.nn.Module], list[dict]]:
     """The shared construction of an RQ2 comparison (notebooks 04 and 05, ``flower-lite compare``, the tests,
     ``bench/memory_cpu.py``, ``results/target_fit.py``).
 
@@ -247,12 +254,12 @@ def rq2_setup(data: str = "default", train_rows: int | None = None, valid_rows: 
     ``max_epochs=0`` keeps it untrained), then keeps seeded subsets of ``valid_rows`` / ``test_rows`` rows
     for the LLM methods. ``policy(texts, vocab_size) -> (model, tokenizer)`` builds the initial policy
     (default :func:`tiny_policy`); ``texts`` are the titles and the first ``prompt_texts`` train prompts.
-    Returns ``(setup, new_model, sasrec_log)``: ``new_model()`` is a fresh copy of the same initial
-    weights on every call.
+    ``progress`` shows the default SASRec's training bar. Returns ``(setup, new_model, sasrec_log)``:
+    ``new_model()`` is a fresh copy of the same initial weights on every call.
     """
     full, plural, singular, vocab = rq2_data(data)
     full = subsample(full, train_rows=train_rows)
-    sasrec_config = sasrec_config or SASRecConfig(batch_size=256, patience=10, max_epochs=100, progress=False,
+    sasrec_config = sasrec_config or SASRecConfig(batch_size=256, patience=10, max_epochs=100, progress=progress,
                                                   num_threads=threads, seed=seed)
     sasrec_model, sasrec_log = train_sasrec(full, sasrec_config)
     kept = subsample(full, valid_rows=valid_rows, test_rows=test_rows, seed=seed)

@@ -1,0 +1,154 @@
+"""The RQ1 table: does an objective teach a causal LM its reward? (results/README.md, notebook 03's real-model mode)
+
+Every objective trains the same initial policy on the same target (``python results/rq1_table.py``), and every
+GFlowNet objective trains a second time on the reversed popularity (the broken-reward control): an objective
+learns its reward only if it ends closer to the true target than SFT *and* its control ends farther. Rows:
+
+* ``initial``: the policy before training; ``sft``: SFT on a finite sample from the target (the paper's);
+* ``subtb``: Flower as the authors ran RQ1 (modified SubTB, off-item penalty -15, no SFT term); its θ-mix;
+* ``subtb, calibrated penalty``: the penalty set to the initial policy's mean log pi(T | incomplete title);
+* ``subtb_exact``: SubTB on the exact flows (Flower's internal stop terms held out of the gradient);
+* ``db``, ``tb`` (learned log Z), ``distill`` (flow distillation: every child of a visited state);
+* with ``warm``: the GFlowNet objectives again, started from the SFT row's weights.
+
+Every fit is exact: KL(P‖Q) and KL(Q‖P) of the trie-constrained title distribution Q against the true target P,
+its entropy, and how many of P's 10 most popular titles are among Q's 10 most probable ones.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+
+from .. import metrics
+from ..config import Objective, RewardSpec, RQ1Run
+from ..distributions import stop_summary
+from ..prompts import title_trie
+from ..rewards import item_rewards
+from ..train import Trainer
+from .recipes import rq1_config
+from .rq1 import RQ1_PROMPT, Target, eval_fn, load_model, load_target, rq1_policy, sft_sample
+
+__all__ = ["Row", "GFN_ROWS", "TABLE_ROWS", "RQ1Bench", "prepare", "fit_row", "fit_row_metrics", "rq1_table"]
+
+
+@dataclass(frozen=True)
+class Row:
+    """One row of the table: an objective, on the true or the reversed reward, from the initial or the SFT weights."""
+
+    name: str
+    objective: Objective | None  # None: the initial policy, untrained
+    calibrate: bool = False  # penalty := the initial policy's mean log pi(T | incomplete title)
+    reversed: bool = False
+    warm: bool = False
+
+    @property
+    def label(self) -> str:
+        return self.name + (", reversed popularity" if self.reversed else "") + (", from the SFT weights" if self.warm else "")
+
+
+GFN_ROWS = (
+    Row("subtb (Flower as published)", Objective("subtb")),
+    Row("sft+subtb θ=0.995", Objective("subtb", theta=0.995)),
+    Row("subtb, calibrated penalty", Objective("subtb"), calibrate=True),
+    Row("subtb_exact (stop terms held out)", Objective("subtb_exact")),
+    Row("db", Objective("db")),
+    Row("tb", Objective("tb")),
+    Row("distill", Objective("distill")),
+)
+TABLE_ROWS = (Row("initial", None), Row("sft", Objective("sft"))) + tuple(
+    r for row in GFN_ROWS for r in (row, replace(row, reversed=True)))
+"""The cold-start rows; :func:`rq1_table` adds the warm ones (the GFlowNet rows from the SFT weights)."""
+
+
+@dataclass
+class RQ1Bench:
+    """What every row shares: the target, the true trie, the policy (one frozen trunk and its cache for all
+    rows), the initial trainable weights and the SFT sample."""
+
+    run: RQ1Run
+    target: Target
+    tokenizer: object
+    trie: object
+    policy: object
+    initial: dict[str, torch.Tensor]
+    data: object
+    stops: dict  # stop_summary of the initial policy
+    seconds_to_prepare: float
+
+
+def _trainable(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in module.named_parameters() if p.requires_grad}
+
+
+def _load(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    with torch.no_grad():
+        for n, p in module.named_parameters():
+            if n in state:
+                p.copy_(state[n])
+
+
+def prepare(run: RQ1Run, seed: int = 0) -> RQ1Bench:
+    """Load the model, build the trie and the policy (and the trunk's cache), measure the initial stop log-probs."""
+    start = time.perf_counter()
+    target = load_target(run.data, run.titles)
+    model, tokenizer = load_model(run.model, target)
+    trie = title_trie(tokenizer, target.titles, target.counts, stop=run.stop)
+    policy = rq1_policy(run, model, tokenizer, trie)
+    stops = stop_summary(trie, policy.stop_log_probs(RQ1_PROMPT, trie))
+    data = sft_sample(target, run.sample_size, seed)
+    return RQ1Bench(run, target, tokenizer, trie, policy, _trainable(policy.module), data, stops,
+                    time.perf_counter() - start)
+
+
+def fit_row(bench: RQ1Bench, row: Row, steps: int, start: dict[str, torch.Tensor], seed: int = 0,
+            eval_every: int | None = None, progress: bool = False, **overrides) -> tuple[dict, list[dict]]:
+    """Train ``row`` from the trainable weights ``start``; returns (its table row, its evaluation history)."""
+    _load(bench.policy.module, start)
+    t0 = time.perf_counter()
+    history: list[dict] = []
+    if row.objective is not None:
+        objective = row.objective
+        if row.calibrate:
+            objective = replace(objective, penalty=round(bench.stops["internal_mean"], 2))
+        spec = replace(RewardSpec(variant="logp", pop_eps=0.0), reversed=row.reversed)
+        train_trie = bench.trie.reweight(item_rewards(spec, bench.target.counts))
+        config = rq1_config(objective, steps, seed=seed, **{"eval_every": eval_every or max(1, steps // 4), **overrides})
+        trainer = Trainer(bench.policy, bench.tokenizer, train_trie, config, bench.data,
+                          eval_fn=eval_fn(bench.trie, bench.target), progress=progress, desc=row.label)
+        history = trainer.run().history
+    return {"run": row.label, "penalty": objective.penalty if row.objective is not None and row.objective.loss == "subtb" else None,
+            **fit_row_metrics(bench), "seconds": round(time.perf_counter() - t0, 1)}, history
+
+
+def fit_row_metrics(bench: RQ1Bench) -> dict:
+    """Exact fit of the trie-constrained distribution Q to the true target P (module docstring)."""
+    _, _, q = bench.policy.item_distributions(RQ1_PROMPT, bench.trie)
+    p = bench.trie.title_log_probs().exp().cpu().numpy()
+    q = q.cpu().numpy()
+    top_p, top_q = set(np.argsort(-p)[:10].tolist()), set(np.argsort(-q)[:10].tolist())
+    return {"kl": metrics.kl_divergence(p, q), "kl_reverse": metrics.kl_divergence(q, p), "entropy": metrics.entropy(q),
+            "top10_overlap": len(top_p & top_q)}
+
+
+def rq1_table(run: RQ1Run, steps: int = 200, seed: int = 0, warm: bool = True, rows=TABLE_ROWS, progress: bool = False,
+              **overrides) -> tuple[list[dict], dict[str, list[dict]], RQ1Bench]:
+    """Every row of :data:`TABLE_ROWS` (and, with ``warm``, the GFlowNet rows from the SFT weights) on ``run``'s
+    model and target: ``(table rows, histories by row label, the shared bench)``."""
+    bench = prepare(run, seed)
+    table, histories, sft_state = [], {}, None
+    for row in rows:
+        out, histories[row.label] = fit_row(bench, row, steps, bench.initial, seed, progress=progress, **overrides)
+        table.append(out)
+        if row.name == "sft":
+            sft_state = _trainable(bench.policy.module)
+    if warm and sft_state is not None:
+        for row in TABLE_ROWS:
+            if row.objective is not None and row.objective.gfn:
+                warm_row = replace(row, warm=True)
+                out, histories[warm_row.label] = fit_row(bench, warm_row, steps, sft_state, seed, progress=progress,
+                                                         warmup_steps=0, **overrides)
+                table.append(out)
+    return table, histories, bench

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Rerun every command whose record feeds a table of results/README.md, then render the tables.
+# About 50 minutes on a 2-core CPU, one command at a time (set FLOWER_LITE_LOCK to a lock file to wait for it).
+#   bash results/regenerate.sh            # everything
+#   bash results/regenerate.sh "rq2_quick*"  # only the records whose name matches the pattern
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY="${PY:-.venv/bin/python}"
+FL=".venv/bin/flower-lite"
+only="${1:-}"
+run() {  # run NAME COMMAND...
+  local name=$1; shift
+  [[ -z "$only" || "$name" == $only ]] || return 0
+  echo "== $name: $*"
+  if [[ -n "${FLOWER_LITE_LOCK:-}" ]]; then flock "$FLOWER_LITE_LOCK" "$@"; else "$@"; fi
+}
+BASE=(compare --data default --steps 600 --test-rows 128 --valid-rows 64)
+R=results/records
+run rq2_default "$FL" "${BASE[@]}" --out $R/rq2_default.json
+run rq2_theta_0.99 "$FL" "${BASE[@]}" --methods Flower --theta 0.99 --out $R/rq2_theta_0.99.json
+run rq2_add_log_s "$FL" "${BASE[@]}" --methods Flower --variant add_log_s --out $R/rq2_add_log_s.json
+run rq2_catalog "$FL" "${BASE[@]}" --methods Flower --trajectories catalog --out $R/rq2_catalog.json
+run rq2_mixed "$FL" "${BASE[@]}" --methods Flower --trajectories mixed --out $R/rq2_mixed.json
+run rq2_on_policy "$FL" "${BASE[@]}" --methods Flower --trajectories on_policy --out $R/rq2_on_policy.json
+run rq2_db_0.9 "$FL" "${BASE[@]}" --methods Flower --loss db --theta 0.9 --out $R/rq2_db_0.9.json
+run rq2_catalog_0.998 "$FL" "${BASE[@]}" --methods Flower --trajectories catalog --theta 0.998 --out $R/rq2_catalog_0.998.json
+run rq2_catalog_0.999 "$FL" "${BASE[@]}" --methods Flower --trajectories catalog --theta 0.999 --out $R/rq2_catalog_0.999.json
+run rq2_pop_alpha_0.5 "$FL" "${BASE[@]}" --methods Flower --pop-alpha 0.5 --out $R/rq2_pop_alpha_0.5.json
+run rq2_pop_alpha_0.5_mixed "$FL" "${BASE[@]}" --methods Flower --pop-alpha 0.5 --trajectories mixed --out $R/rq2_pop_alpha_0.5_mixed.json
+for s in 0 1 2 3; do
+  run rq2_quick_seed$s "$FL" compare --data default --steps 60 --test-rows 422 --valid-rows 64 --seed $s \
+      --methods "BIGRec (SFT)" Flower --out $R/rq2_quick_seed$s.json
+done
+run target_fit "$PY" results/target_fit.py --steps 300 --seed 0 --out $R/target_fit.json
+run target_fit_warm "$PY" results/target_fit.py --steps 300 --seed 0 --warm-start --out $R/target_fit_warm.json
+run rq2_movies "$FL" compare --data Movies_and_TV --steps 300 --train-rows 2000 --test-rows 100 --valid-rows 64 \
+    --out $R/rq2_movies.json
+run rq2_check "$FL" compare --steps 30 --train-rows 400 --valid-rows 16 --test-rows 32 --out $R/rq2_check.json
+"$PY" results/tables.py

@@ -1,0 +1,81 @@
+"""results/README.md and its commands stay in step.
+
+Every table block of the README is generated from a record (``results/records/*.json``) that its command
+wrote (``results/tables.py``); these tests check that no table was edited by hand or left behind by its
+record, that every record's command is a valid command writing that record, and they rerun the cheapest
+table's command and compare its numbers with the table.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("results_tables", ROOT / "results" / "tables.py")
+tables = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(tables)
+RECORDS = sorted((ROOT / "results" / "records").glob("*.json"))
+
+
+def test_every_table_of_the_readme_equals_the_rendering_of_its_records():
+    text = tables.README.read_text(encoding="utf-8")
+    names = [m["name"] for m in tables.BLOCK.finditer(text)]
+    assert set(names) == set(tables.TABLES), "every table spec has its block in the README, and no block lacks one"
+    assert tables.check(text) == []
+
+
+def test_the_check_catches_a_number_edited_by_hand():
+    text = tables.README.read_text(encoding="utf-8")
+    block = next(tables.BLOCK.finditer(text))
+    body = block["body"]
+    row = next(line for line in body.splitlines() if line.startswith("| ") and any(ch.isdigit() for ch in line))
+    edited = text.replace(row, row.replace("0.", "9.", 1), 1)
+    assert tables.check(edited) == [block["name"]]
+
+
+@pytest.mark.parametrize("path", RECORDS, ids=lambda p: p.stem)
+def test_every_record_was_written_by_a_valid_command_that_names_it(path):
+    record = json.loads(path.read_text(encoding="utf-8"))
+    argv = shlex.split(record["command"])
+    out = argv[argv.index("--out") + 1]
+    assert (ROOT / out).resolve() == path.resolve(), "the command writes this very record"
+    if argv[0] == "flower-lite":
+        from flower_lite.cli import build_parser
+
+        build_parser().parse_args(argv[1:])  # raises SystemExit on an invalid command
+    else:
+        assert argv[:2] == ["python", "results/target_fit.py"], argv
+    assert record["rows"] and record["environment"]["torch"]
+    assert path.stem in (ROOT / "results" / "regenerate.sh").read_text(), "results/regenerate.sh reruns it"
+
+
+@pytest.mark.slow
+def test_the_pipeline_check_table_is_reproduced_by_its_command(tmp_path):
+    """Rerun ``rq2_check``'s command (about a minute): on a CPU of the record's SIMD level the numbers are the
+    table's exactly; elsewhere float rounding may move a beam, so they must agree within a tolerance."""
+    import torch
+
+    record = json.loads((ROOT / "results" / "records" / "rq2_check.json").read_text(encoding="utf-8"))
+    argv = shlex.split(record["command"])
+    argv[argv.index("--out") + 1] = str(tmp_path / "again.json")
+    subprocess.run([sys.executable, "-m", "flower_lite", *argv[1:]], check=True, capture_output=True, cwd=ROOT,
+                   env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=900)
+    again = json.loads((tmp_path / "again.json").read_text(encoding="utf-8"))["rows"]
+    assert [r["method"] for r in again] == [r["method"] for r in record["rows"]]
+    exact = torch.backends.cpu.get_cpu_capability() == record["environment"]["cpu_capability"]
+    for old, new in zip(record["rows"], again):
+        for key, value in old.items():
+            if key == "method" or not isinstance(value, (int, float)) or (isinstance(value, float) and math.isnan(value)):
+                continue
+            if exact:
+                assert new[key] == value, (old["method"], key, value, new[key])
+            else:
+                assert new[key] == pytest.approx(value, abs=0.05 if key != "coverage" else 3), (old["method"], key)
