@@ -1,7 +1,7 @@
 """Throughput of the exact item distribution of an LLM (``distributions.exact_item_distribution``) and its scaling.
 
 Every title (then T) is teacher-forced after one fixed prompt, in batches of ``--batch-size`` titles
-(METHOD.md section 6: the exact distribution replaces sampling for KL on small catalogues). Catalogues of
+(docs/method.md section 6: the exact distribution replaces sampling for KL on small catalogues). Catalogues of
 1k, 2k and 5k distinct titles, one tiny Qwen2 model and one tokenizer (trained on the titles and the prompt).
 The synthetic generator runs out of words past about 2,000 items, so the titles are those of
 ``make_synthetic_catalog(n_items=2000, n_genres=8)`` and their edition variants (as in bench/decoding.py),

@@ -1,6 +1,6 @@
 """Frozen-trunk training on a CPU: SmolLM2-135M-Instruct on the paper's 100 movies (RQ1), side by side in one run.
 
-* cache build: the layer-29 inputs of the RQ1 prompt and of every trie state (``trunk.build_cache``);
+* cache build: the layer-29 inputs of the RQ1 prompt and of every trie state (``tree_attention.build_cache``);
 * a training step at batch 16 on catalogue trajectories (16 random catalogue titles, teacher-forced), loss =
   the squared error of each title's path log-probability (tokens and T) against its target log R(i)/Z,
   backward, AdamW step: through the cached top layer with LoRA r=16 (``trunk.CachedTrunkPolicy``) against
@@ -13,7 +13,7 @@
 Goals: cached step <= 1 s at batch 16; a 300-step run <= 5 min including loading and caching (projected
 here as load + cache + 300 cached steps); exact distribution <= 10 s.
 
-Usage: OMP_NUM_THREADS=2 flock /tmp/flower_cpu.lock python bench/trunk.py [--repeats 7] [--threads 2]
+Usage: OMP_NUM_THREADS=1 python bench/trunk.py [--repeats 5] [--threads 1]   (alone on the machine: a second CPU job voids the timings)
 The last line is machine-readable: ``RESULT key=value ...`` (``RESULT skipped=1`` without SmolLM2).
 """
 from __future__ import annotations

@@ -4,7 +4,7 @@ Each field carries its help text (``metadata["help"]``) and, where the values ar
 ``choices``; :func:`flower_lite.cli` builds its options from these fields, so a choice or a default is
 written once. This module imports nothing heavy (no torch), so ``flower-lite --help`` answers at once.
 
-Names follow METHOD.md section 5: the objective is ``L = θ L_SFT + (1 - θ) L_GFN`` with the GFlowNet
+Names follow docs/method.md section 5: the objective is ``L = θ L_SFT + (1 - θ) L_GFN`` with the GFlowNet
 loss ``tb``, ``db`` or ``subtb`` (Flower's modified sub-trajectory balance), or plain ``sft``.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ SCHEDULES = ("cosine", "linear", "constant")
 REWARD_VARIANTS = ("logp", "div_s", "add_log_s")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 OFF_ITEM_PENALTY = -15.0
-"""The reference's log-reward of stopping at an incomplete title (METHOD.md 5)."""
+"""The reference's log-reward of stopping at an incomplete title (docs/method.md 5)."""
 
 
 def setting(default, help: str, **meta):
@@ -45,7 +45,7 @@ def check_fields(obj) -> None:
 # ---------------------------------------------------------------------------- the objective
 @dataclass(frozen=True)
 class Objective:
-    """Which loss is optimised and how (METHOD.md 5); :func:`flower_lite.objective.objective_loss` computes it.
+    """Which loss is optimised and how (docs/method.md 5); :func:`flower_lite.objective.objective_loss` computes it.
 
     ``loss="sft"`` is supervised fine-tuning alone. Otherwise ``L = θ L_SFT + (1 - θ) L_GFN`` with the
     GFlowNet loss ``loss``: θ = 0 trains the GFlowNet loss alone (the authors' RQ1), θ = 0.995 is
@@ -89,7 +89,7 @@ class Objective:
 # ---------------------------------------------------------------------------- the reward
 @dataclass(frozen=True)
 class RewardSpec:
-    """The item reward R(i), or a user's R_u(i) (METHOD.md 4); :func:`flower_lite.rewards.item_log_rewards`.
+    """The item reward R(i), or a user's R_u(i) (docs/method.md 4); :func:`flower_lite.rewards.item_log_rewards`.
 
     Popularity: ``p_pop(i) ∝ (c(i) + pop_eps) ** pop_alpha``. ``variant``: ``logp`` (popularity only),
     ``div_s`` (the paper's default, log p_pop / s_ui) or ``add_log_s`` (log p_pop + w log s'_ui, added
@@ -185,8 +185,9 @@ class RQ1Run:
                         "with items.tsv and interactions.tsv")
     titles: int = setting(100, "the most popular titles that form the target", minimum=1)
     sample_size: int = setting(500, "titles drawn from the target for SFT (the paper's finite sample)", minimum=1)
-    stop: str = setting("eos", "the termination token T appended to every title: eos (the tokenizer's) | newline",
-                        choices=("eos", "newline"))
+    stop: str = setting("auto", "the termination token T appended to every title: eos (the tokenizer's) | newline | "
+                        "auto (newline for a pretrained model: its stop probabilities start nearer Flower's optimum; "
+                        "eos for tiny)", choices=("auto", "eos", "newline"))
     trunk_layers: int | None = setting(None, "train only the top k decoder layers on cached states of the frozen "
                                        "lower ones (0: the whole model; default: 1 for a pretrained model on a CPU, "
                                        "else 0)", minimum=0)

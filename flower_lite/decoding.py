@@ -1,8 +1,8 @@
-"""Trie-constrained decoding (METHOD.md sections 2, 6 and 9); exact item distributions are in :mod:`flower_lite.distributions`.
+"""Trie-constrained decoding (docs/method.md sections 2, 6 and 8); exact item distributions are in :mod:`flower_lite.distributions`.
 
 * :class:`TrieLogitsProcessor` masks every token that would leave the title trie, inside
   ``model.generate`` (beam search and sampling). The trie lives in tensors; no loop over the
-  vocabulary or the batch (METHOD.md section 9, item 8).
+  vocabulary or the batch (docs/method.md section 8).
 * :func:`recommend`: constrained beam search -> ranked, distinct, valid item ids per prompt.
 * :func:`sample_titles`: constrained sampling, one title per draw, reproducible by seed and
   independent of the batch size.
@@ -273,7 +273,7 @@ def recommend(
     batch_size: int = 8,
     progress: str | None = None,
 ) -> list[list[int]]:
-    """Constrained beam search over the trie: ranked item ids for each prompt (METHOD.md section 6).
+    """Constrained beam search over the trie: ranked item ids for each prompt (docs/method.md section 6).
 
     Beams score ``sum_t log pi(a_t | s_t) / length ** length_penalty`` with the full-vocabulary
     log-probs (T included in the sum and the length): 1.0 is BIGRec's setting, 0.0 D3's.

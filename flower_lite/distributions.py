@@ -1,4 +1,4 @@
-"""Exact item distributions of a causal LM after one prompt (METHOD.md 6): no sampling noise.
+"""Exact item distributions of a causal LM after one prompt (docs/method.md 6): no sampling noise.
 
 * :func:`exact_item_distribution`: the unconstrained model's probability of writing every title, by
   teacher forcing each title path (the rest is the invalid mass: outputs that are no catalogue title).

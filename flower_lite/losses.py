@@ -1,4 +1,4 @@
-"""Training objectives in log space (METHOD.md section 5).
+"""Training objectives in log space (docs/method.md section 5).
 
 Inputs are per-token log-probabilities of the policy with masks; outputs are scalars with gradients.
 Conventions (K = max title tokens in the batch, k = ``lengths[b]``):

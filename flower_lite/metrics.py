@@ -1,4 +1,4 @@
-"""Evaluation metrics of flower_lite (METHOD.md section 8).
+"""Evaluation metrics of flower_lite (docs/method.md section 7).
 
 Pure functions on numpy arrays and Python lists; no torch, no plotting.
 

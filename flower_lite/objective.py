@@ -1,4 +1,4 @@
-"""The one objective of flower_lite: ``L = θ L_SFT + (1 - θ) L_GFN`` (METHOD.md 5).
+"""The one objective of flower_lite: ``L = θ L_SFT + (1 - θ) L_GFN`` (docs/method.md 5).
 
 Both training loops, the tabular toy (:func:`flower_lite.toy.fit_toy`) and the causal-LM trainer
 (:class:`flower_lite.train.Trainer`), compute the policy's log-probabilities along their trajectories

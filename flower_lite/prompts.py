@@ -1,9 +1,9 @@
 """Prompts, left-padded prompt batches and teacher-forced log-probabilities log pi(a | s).
 
-The state s_t of METHOD.md section 2 is "prompt + the first t title tokens"; the root s_0 is the
+The state s_t of docs/method.md section 2 is "prompt + the first t title tokens"; the root s_0 is the
 prompt alone. Batches of prompts are padded on the LEFT with an attention mask and position ids
 that count only real tokens, so a prompt gets the same log-probs alone and inside a batch
-(METHOD.md section 9, item 1: the reference right-padded with EOS and no mask).
+(docs/method.md section 8: the reference right-padded with EOS and no mask).
 """
 
 from __future__ import annotations
@@ -155,12 +155,12 @@ def log_probs_at(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     return logits.gather(-1, tokens.to(logits.device)) - logits.logsumexp(-1, keepdim=True)
 
 
-MAX_TITLE_TOKENS = 64  # METHOD.md section 6: at most 64 new tokens are decoded
+MAX_TITLE_TOKENS = 64  # docs/method.md section 6: at most 64 new tokens are decoded
 
 
 def encode_titles(tokenizer, titles: Sequence[str], max_tokens: int = MAX_TITLE_TOKENS) -> list[list[int]]:
     """The one tokenization of every title (no special tokens), shared by SFT targets, trajectories,
-    rewards and constrained decoding (METHOD.md section 2). T is appended by the trie, never merged.
+    rewards and constrained decoding (docs/method.md section 2). T is appended by the trie, never merged.
 
     Raises ``ValueError`` naming the title for an empty title or one longer than ``max_tokens``
     tokens (the termination token needs one more decoding step).

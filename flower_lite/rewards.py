@@ -1,6 +1,6 @@
 """Item rewards R(i), personalised rewards R_u(i), and the token-level rewards of a trajectory.
 
-METHOD.md section 4. Popularity rewards are ``(c(i) + eps) ** alpha``. Personalised rewards come
+docs/method.md section 4. Popularity rewards are ``(c(i) + eps) ** alpha``. Personalised rewards come
 from an auxiliary recommender's probabilities ``p_ui`` and are turned into *exact per-user flows*
 ``F_u(s)`` over the trie (``Trie.batch_log_flows``), so a prefix has the same reward on every
 trajectory. The reference's trajectory-dependent token rewards are kept for parity only
@@ -119,7 +119,7 @@ def item_log_rewards(spec: RewardSpec, counts: np.ndarray | Tensor, preferences:
 def reference_token_log_rewards(
     log_r_pop: Tensor, mask: Tensor, end_score: Tensor, variant: str, score_weight: float = 1.0
 ) -> Tensor:
-    """The reference's trajectory-dependent token rewards, kept for parity only (METHOD.md 4).
+    """The reference's trajectory-dependent token rewards, kept for parity only (docs/method.md 4).
 
     ``log_r_pop`` [batch, time] are popularity token rewards along each trajectory, ``end_score``
     [batch] the score of the item the trajectory ended in (s_ui for ``div_s``, s'_ui for
@@ -159,7 +159,7 @@ class PathRewards:
     log_flow: Tensor  # [batch, K + 1] log F(s_t) (per-user when rewards were given)
     log_r_action: Tensor  # [batch, K] log r(a_t | s_t) = log F(s_t·a_t) - log F(s_t); 0 past the end
     log_r_stop: Tensor  # [batch, K + 1] log r(T | s_t); -inf where s_t is not a complete title
-    log_stop_reward: Tensor  # [batch, K + 1] log R~(s_t) of Flower's objective (METHOD.md 5)
+    log_stop_reward: Tensor  # [batch, K + 1] log R~(s_t) of Flower's objective (docs/method.md 5)
     lengths: Tensor  # [batch] k, the number of title tokens
     children: ChildRewards | None = None  # every child's exact share at s_0 .. s_k (``path_rewards(children=True)``)
 

@@ -1,4 +1,4 @@
-"""Trajectories of a causal LM on the title trie (METHOD.md section 5, "Trajectories").
+"""Trajectories of a causal LM on the title trie (docs/method.md section 5, "Trajectories").
 
 * Teacher forcing along dataset items: one forward pass gives log pi(a_t | s_t) and
   log pi(T | s_t) at every prefix (``teacher_forced``).
@@ -138,7 +138,7 @@ class PromptBatch:
 
 
 class LMPolicy:
-    """A Hugging Face causal LM as a policy on the title trie (METHOD.md 5).
+    """A Hugging Face causal LM as a policy on the title trie (docs/method.md 5).
 
     ``module`` is the model that is trained and saved; ``forward_module`` the one called with gradients
     (the ``accelerate``-wrapped model while training; ``bind`` sets it). Prompts are tokenised once per

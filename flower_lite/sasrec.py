@@ -1,4 +1,4 @@
-"""SASRec, the auxiliary preference model of Flower's personalised reward (METHOD.md 4, 7).
+"""SASRec, the auxiliary preference model of Flower's personalised reward (docs/method.md 4).
 
 Self-Attentive Sequential Recommendation (W.-C. Kang, J. McAuley, ICDM 2018), in the small
 configuration of the paper: hidden size 64, one block, one head, sequence length 10,

@@ -1,6 +1,6 @@
 """A tabular policy on the trie: one logit per edge (T included) and one early-stop logit per state.
 
-The toy of METHOD.md without any LLM: pi(a | s) is a softmax over the children of s, plus, at a
+The toy of docs/method.md without any LLM: pi(a | s) is a softmax over the children of s, plus, at a
 state that is not a complete title, an "early stop" (writing T too soon, an invalid output, as an
 LLM can). So ``log pi(T | s)`` exists at every state, as Flower's objective needs. The item
 distribution is exact: probability mass is pushed down the trie depth by depth.

@@ -1,4 +1,4 @@
-"""A word-level tokenizer for titles, used by the tries of the no-LLM toys (METHOD.md section 2).
+"""A word-level tokenizer for titles, used by the tries of the no-LLM toys (docs/method.md section 2).
 
 A title is cut into *pieces* by :data:`PIECE_PATTERN`: a word with at most one leading space
 (``" Wars"``), one punctuation character with at most one leading space (``":"``, ``" —"``),

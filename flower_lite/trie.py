@@ -1,4 +1,4 @@
-"""The title trie: items as token paths with exact flows (METHOD.md sections 2 and 3).
+"""The title trie: items as token paths with exact flows (docs/method.md sections 2 and 3).
 
 Item i's path is ``tokens(title_i) + [T]`` with T the termination token (``eos_id``). A state s is
 a node of the prefix tree; its flow is ``F(s) = sum of R(i) over the items whose path passes through

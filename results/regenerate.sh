@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Rerun every command whose record feeds a table of results/README.md, then render the tables.
-# About 50 minutes on a 2-core CPU, one command at a time (set FLOWER_LITE_LOCK to a lock file to wait for it).
+# About 2.5 hours on a 2-core CPU (the SmolLM2 RQ1 table alone an hour), one command at a time (set FLOWER_LITE_LOCK to a lock file to wait for it).
 #   bash results/regenerate.sh            # everything
 #   bash results/regenerate.sh "rq2_quick*"  # only the records whose name matches the pattern
 set -euo pipefail
@@ -35,5 +35,9 @@ run target_fit "$PY" results/target_fit.py --steps 300 --seed 0 --out $R/target_
 run target_fit_warm "$PY" results/target_fit.py --steps 300 --seed 0 --warm-start --out $R/target_fit_warm.json
 run rq2_movies "$FL" compare --data Movies_and_TV --steps 300 --train-rows 2000 --test-rows 100 --valid-rows 64 \
     --out $R/rq2_movies.json
+run rq1_stops_smollm2 "$PY" results/rq1_table.py --model smollm2 --stops --out $R/rq1_stops_smollm2.json
+run rq1_stops_tiny "$PY" results/rq1_table.py --model tiny --stops --out $R/rq1_stops_tiny.json
+run rq1_tiny "$PY" results/rq1_table.py --model tiny --steps 200 --out $R/rq1_tiny.json
+run rq1_smollm2 "$PY" results/rq1_table.py --model smollm2 --steps 200 --out $R/rq1_smollm2.json
 run rq2_check "$FL" compare --steps 30 --train-rows 400 --valid-rows 16 --test-rows 32 --out $R/rq2_check.json
 "$PY" results/tables.py

@@ -21,11 +21,11 @@ from flower_lite.experiments.records import command_line, write_record  # noqa: 
 from flower_lite.experiments.rq1_table import prepare, rq1_table  # noqa: E402
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2", help="tiny | smollm2 | a Hugging Face id or folder")
     parser.add_argument("--data", default="movies100", help="the target (RQ1Run.data)")
-    parser.add_argument("--stop", default="eos", choices=["eos", "newline"], help="the termination token T")
+    parser.add_argument("--stop", default="auto", choices=["auto", "eos", "newline"], help="the termination token T")
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=3e-3)
@@ -33,7 +33,11 @@ def main() -> None:
     parser.add_argument("--no-warm", action="store_true", help="leave out the rows started from the SFT weights")
     parser.add_argument("--stops", action="store_true", help="measure the initial stop log-probabilities of both T only")
     parser.add_argument("--out", default=None, help="write the rows, the command and its environment as a JSON record")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     t0 = time.perf_counter()
     if args.stops:
         rows = []

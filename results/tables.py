@@ -25,6 +25,10 @@ BLOCK = re.compile(r"<!-- table: (?P<name>[\w-]+) -->\n(?P<body>.*?)<!-- end tab
 RQ2_COLUMNS = (("HR@10", "hit@10"), ("NDCG@10", "ndcg@10"), ("HR@5", "hit@5"), ("NDCG@5", "ndcg@5"), ("DGU", "dgu"),
                ("MGU", "mgu"), ("coverage", "coverage"), ("Gini", "gini"), ("tail share", "tail_share"))
 FIT_COLUMNS = (("KL(P_u‖Q_u)", "kl"), ("KL(Q_u‖P_u)", "kl_reverse"))
+RQ1_COLUMNS = (("KL(P‖Q)", "kl"), ("KL(Q‖P)", "kl_reverse"), ("entropy", "entropy"), ("top-10 overlap", "top10_overlap"),
+               ("seconds", "seconds"))
+STOP_COLUMNS = (("after a title: mean", "complete_mean"), ("min", "complete_min"), ("max", "complete_max"),
+                ("inside a title: mean", "internal_mean"), ("min", "internal_min"), ("max", "internal_max"))
 
 
 def read(name: str) -> dict:
@@ -130,6 +134,24 @@ def target_fit(name: str) -> str:
     return commands(r) + "\n" + markdown(["run", *(c for c, _ in FIT_COLUMNS)], rows) + "\n" + when(r)
 
 
+def rq1_table(name: str) -> str:
+    """One row per run: the exact fit of the trie-constrained distribution Q to the target P, and the wall time."""
+    r = read(name)
+    rows = []
+    for x in r["rows"]:
+        penalty = f" (penalty {x['penalty']:g})" if x.get("penalty") not in (None, -15.0) else ""
+        rows.append([x["run"] + penalty, *(cell(x[k]) for _, k in RQ1_COLUMNS[:-1]), f"{x['seconds']:.0f}"])
+    return commands(r) + "\n" + markdown(["run", *(c for c, _ in RQ1_COLUMNS)], rows) + "\n" + when(r)
+
+
+def rq1_stops(*names: str) -> str:
+    """log pi(T | s) of each initial model, for each choice of T."""
+    records = [read(n) for n in names]
+    rows = [[f"{n.split('_')[-1]}, {x['run']}", *(cell(x[k]) for _, k in STOP_COLUMNS)] for n, r in zip(names, records)
+            for x in r["rows"]]
+    return commands(*records) + "\n" + markdown(["model, T", *(c for c, _ in STOP_COLUMNS)], rows) + "\n" + when(*records)
+
+
 ABLATIONS = ("rq2_theta_0.99", "rq2_add_log_s", "rq2_catalog", "rq2_mixed", "rq2_on_policy", "rq2_db_0.9",
              "rq2_catalog_0.998", "rq2_catalog_0.999", "rq2_pop_alpha_0.5", "rq2_pop_alpha_0.5_mixed")
 TABLES: dict[str, Table] = {
@@ -140,6 +162,9 @@ TABLES: dict[str, Table] = {
     "rq2-target-fit-warm": Table(["target_fit_warm"], lambda: target_fit("target_fit_warm")),
     "rq2-movies": Table(["rq2_movies"], lambda: rq2_table("rq2_movies")),
     "rq2-check": Table(["rq2_check"], lambda: rq2_table("rq2_check")),
+    "rq1-stops": Table(["rq1_stops_smollm2", "rq1_stops_tiny"], lambda: rq1_stops("rq1_stops_smollm2", "rq1_stops_tiny")),
+    "rq1-smollm2": Table(["rq1_smollm2"], lambda: rq1_table("rq1_smollm2")),
+    "rq1-tiny": Table(["rq1_tiny"], lambda: rq1_table("rq1_tiny")),
 }
 
 

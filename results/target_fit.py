@@ -27,7 +27,7 @@ from flower_lite.experiments.records import command_line, write_record
 from flower_lite.sasrec import SASRecConfig
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--lr", type=float, default=3e-3)
@@ -38,7 +38,11 @@ def main() -> None:
     parser.add_argument("--warm-start", action="store_true",
                         help="train SFT first and start the GFlowNet-only runs from its weights")
     parser.add_argument("--out", default=None, help="write the rows, the command and its environment as a JSON record")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     sasrec = SASRecConfig(batch_size=256, patience=5, max_epochs=30, progress=False, num_threads=1, seed=args.seed)

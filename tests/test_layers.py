@@ -21,10 +21,10 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "flower_lite"
 MATH = ("trie", "rewards", "losses", "objective", "metrics", "config", "files", "threads")
-MODEL_SIDE = ("models", "prompts", "rollout", "decoding", "train", "toy", "tabular", "sasrec", "trunk", "viz",
-              "widgets", "experiments", "cli")
+MODEL_SIDE = ("models", "prompts", "rollout", "decoding", "train", "toy", "tabular", "sasrec", "trunk", "tree_attention",
+              "viz", "widgets", "experiments", "cli")
 HEAVY = ("transformers", "peft", "accelerate", "plotly", "ipywidgets", "IPython")
-TRAINS = ("toy", "tabular", "train", "rollout", "losses", "objective", "sasrec", "trunk", "experiments")
+TRAINS = ("toy", "tabular", "train", "rollout", "losses", "objective", "sasrec", "trunk", "tree_attention", "experiments")
 
 
 def module_name(path: Path) -> str:

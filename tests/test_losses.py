@@ -111,7 +111,7 @@ def test_subtb_with_per_user_flows_is_zero_at_that_users_optimum(trie):
 
 
 def naive_subtb(action, stop, log_r, lengths, lam, n, normalisation):
-    """Direct transcription of METHOD.md: sum over pairs i<j of supervised states of lam^(gap) (sum delta)^2."""
+    """Direct transcription of docs/method.md: sum over pairs i<j of supervised states of lam^(gap) (sum delta)^2."""
     total, count, per_seq = 0.0, 0, []
     for b in range(action.shape[0]):
         k = int(lengths[b])

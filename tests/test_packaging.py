@@ -39,3 +39,17 @@ def test_ci_runs_the_readme_test_command():
     command = re.search(r"<!-- test-command -->\s*```(?:bash)?\n(.*?)\n```", readme, re.S).group(1).strip().splitlines()[-1]
     ci = (ROOT / ".ci" / "run").read_text()
     assert command in ci, f"README's test command {command!r} is not what .ci/run runs"
+
+
+def test_the_documents_link_only_to_files_in_the_repository():
+    """Relative links of README.md, docs/*.md and results/README.md point at files that exist here."""
+    import re as _re
+
+    broken = []
+    for doc in [ROOT / "README.md", ROOT / "results" / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for target in _re.findall(r"\]\(([^)\s]+)\)", doc.read_text(encoding="utf-8")):
+            if "://" in target or target.startswith("#"):
+                continue
+            if not (doc.parent / target.split("#")[0]).exists():
+                broken.append(f"{doc.relative_to(ROOT)} -> {target}")
+    assert broken == []

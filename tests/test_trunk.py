@@ -12,7 +12,8 @@ from flower_lite.models import LoraSettings, build_tiny_model, build_tiny_tokeni
 from flower_lite.prompts import encode_prompts, teacher_forced_logits, title_trie
 from flower_lite.rollout import teacher_forced
 from flower_lite.trie import Trajectories
-from flower_lite.trunk import CachedTrunkPolicy, freeze_trunk, state_nodes
+from flower_lite.tree_attention import state_nodes
+from flower_lite.trunk import CachedTrunkPolicy, freeze_trunk
 
 PROMPTS = ["recommend a movie", "The user liked Foggy Alibi and Noisy Weekend; next movie:"]
 ARCHS = ("qwen2-sdpa", "qwen2-eager", "llama-sdpa")

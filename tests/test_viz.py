@@ -266,3 +266,15 @@ def test_token_rewards_figure_sums_to_one(small_trie):
     assert pooled.data[0].x[-1].startswith(viz.OTHER_LABEL) and sum(pooled.data[0].y) == pytest.approx(1.0)
     with pytest.raises(ValueError, match="not a state"):
         viz.token_rewards_figure(small_trie, [9], text)
+
+
+def test_stop_log_probs_figure_shows_means_and_ranges():
+    summaries = {"T = eos": {"complete_mean": -12.1, "complete_min": -20.0, "complete_max": -5.0,
+                             "internal_mean": -21.4, "internal_min": -34.0, "internal_max": -5.0},
+                 "T = newline": {"complete_mean": -1.0, "complete_min": -3.0, "complete_max": -0.1,
+                                 "internal_mean": -9.0, "internal_min": -15.0, "internal_max": -2.0}}
+    fig = viz.stop_log_probs_figure(summaries)
+    complete, internal = fig.data
+    assert list(complete.x) == ["T = eos", "T = newline"] and list(internal.y) == [-21.4, -9.0]
+    assert internal.error_y.arrayminus[0] == pytest.approx(34.0 - 21.4) and internal.error_y.array[1] == pytest.approx(7.0)
+    assert {round(s.y0, 1) for s in fig.layout.shapes} == {0.0, -15.0}

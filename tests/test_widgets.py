@@ -175,6 +175,13 @@ def test_run_explorer_filters_cached_runs_and_measures_each(tmp_path):
     explorer.selected.value = ("flower θ=0.9",)  # picking runs by hand redraws too
     assert [t.name for t in explorer.figures()["distribution"].data][1:] == ["flower θ=0.9"]
 
+    explorer.selected.value = ()  # deselecting every run, or a filter no run matches, draws the target alone
+    assert [t.name for t in explorer.figures()["distribution"].data][1:] == []
+    assert "no run selected" in str(explorer.figures()["table"].data[0].cells.values)
+    explorer.filters["theta"].value, explorer.filters["variant"].value = "0.9", "logp"
+    lorenz = [t.name for t in explorer.figures()["lorenz"].data]
+    assert explorer.selected.value == () and len(lorenz) == 2 and lorenz[0].startswith("target")
+
 
 def test_cached_runs_reject_bad_input(tmp_path):
     with pytest.raises(ValueError, match="probabilities"):

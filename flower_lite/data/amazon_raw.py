@@ -1,4 +1,4 @@
-"""Build a BIGRec folder from the raw Amazon Review Data (2018) files (METHOD.md 7).
+"""Build a BIGRec folder from the raw Amazon Review Data (2018) files.
 
 For users who download the data themselves (J. Ni, J. Li, J. McAuley, EMNLP 2019):
 

@@ -1,4 +1,4 @@
-"""Reader for the BIGRec next-item layout (the Amazon data of the paper, METHOD.md 7).
+"""Reader for the BIGRec next-item layout (the Amazon data of the paper).
 
 A BIGRec folder holds::
 

@@ -1,9 +1,9 @@
-"""The catalogue: item titles and the users' time-ordered interactions (METHOD.md section 2).
+"""The catalogue: item titles and the users' time-ordered interactions (docs/method.md section 2).
 
 Items are numbered ``0..N-1`` and item ``i`` has title ``titles[i]``. Titles may repeat
 (several item ids, one string); :meth:`Catalog.title_to_items` keeps that mapping explicit.
 Interactions are rows ``(user_id, item_id, timestamp)``; the popularity ``c(i)`` of
-METHOD.md section 4 is the number of rows that name item ``i``.
+docs/method.md section 4 is the number of rows that name item ``i``.
 
 On disk a catalogue is a folder with two tab-separated files::
 

@@ -1,4 +1,4 @@
-"""Next-item data: sliding-window samples and the 8:1:1 chronological split (METHOD.md 7).
+"""Next-item data: sliding-window samples and the 8:1:1 chronological split.
 
 A *sample* is one row of the next-item task: a history of at most ``max_history`` item
 ids (oldest first) and the item that came next (the target). From one user's time-ordered
@@ -12,7 +12,7 @@ test at ``int(0.8 * rows)`` and ``int(0.9 * rows)``, as the reference (``process
 A user's later samples can therefore land in valid or test while the earlier ones are in
 train; valid/test histories contain items seen in train.
 
-Popularity (METHOD.md section 4). :meth:`NextItemData.train_history_counts` is the paper's
+Popularity (docs/method.md section 4). :meth:`NextItemData.train_history_counts` is the paper's
 count c(i): the number of times item i appears in the ``history`` lists of the train split.
 Because the windows overlap, one interaction is counted up to ``max_history`` times (once
 per window that contains it), and the last train target of a user is not counted. That is

@@ -129,6 +129,15 @@ def load_model(name: str, target: Target, prompt: str = RQ1_PROMPT):
     return models.load_causal_lm(name)
 
 
+def stop_token(run: RQ1Run) -> str:
+    """``run.stop``, with ``auto`` resolved: the newline for a pretrained model (measured on SmolLM2 at its initial
+    weights, results/README.md: log pi(T | title) -2.4 against -12.1 for EOS, log pi(T | inside a title) -7.4
+    against -21.4, so its stop terms start nearer what Flower's optimum needs), EOS for the tiny model."""
+    if run.stop != "auto":
+        return run.stop
+    return "eos" if run.model == "tiny" else "newline"
+
+
 def rq1_policy(run: RQ1Run, model, tokenizer, trie: Trie):
     """The policy that trains: the frozen-trunk one (:class:`flower_lite.trunk.CachedTrunkPolicy`, only the top
     ``run.trunk_layers`` layers train, on cached states) or the whole model (:class:`~flower_lite.rollout.LMPolicy`),
@@ -189,7 +198,7 @@ def run_fit(run: RQ1Run, train: TrainConfig, out_dir: str | Path, progress: bool
     if run.sample_size < train.batch_size:
         raise ValueError(f"sample_size {run.sample_size} is smaller than the batch size {train.batch_size}")
     model, tokenizer = load_model(run.model, target)
-    trie = title_trie(tokenizer, target.titles, target.counts, stop=run.stop)
+    trie = title_trie(tokenizer, target.titles, target.counts, stop=stop_token(run))
     train_trie = trie.reweight(item_rewards(run.reward, target.counts))
     policy = rq1_policy(run, model, tokenizer, trie)
     out.mkdir(parents=True, exist_ok=True)
@@ -216,8 +225,9 @@ def load_run(run_dir: str | Path):
     except (ValueError, KeyError, TypeError) as err:
         raise ValueError(f"{run / 'target.json'} is corrupt ({err}): delete the run folder and fit it again") from None
     try:
-        stop = json.loads((run / "run.json").read_text(encoding="utf-8"))["run"].get("stop", "eos") if (run / "run.json").exists() else "eos"
-    except (ValueError, KeyError) as err:
+        stop = stop_token(RQ1Run(**json.loads((run / "run.json").read_text(encoding="utf-8"))["run"])) \
+            if (run / "run.json").exists() else "eos"
+    except (ValueError, KeyError, TypeError) as err:
         raise ValueError(f"{run / 'run.json'} is corrupt ({err}): delete the run folder and fit it again") from None
     try:
         model, tokenizer = load_causal_lm(str(run / "final"))

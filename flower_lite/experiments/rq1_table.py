@@ -29,7 +29,7 @@ from ..prompts import title_trie
 from ..rewards import item_rewards
 from ..train import Trainer
 from .recipes import rq1_config
-from .rq1 import RQ1_PROMPT, Target, eval_fn, load_model, load_target, rq1_policy, sft_sample
+from .rq1 import RQ1_PROMPT, Target, eval_fn, load_model, load_target, rq1_policy, sft_sample, stop_token
 
 __all__ = ["Row", "GFN_ROWS", "TABLE_ROWS", "RQ1Bench", "prepare", "fit_row", "fit_row_metrics", "rq1_table"]
 
@@ -95,7 +95,7 @@ def prepare(run: RQ1Run, seed: int = 0) -> RQ1Bench:
     start = time.perf_counter()
     target = load_target(run.data, run.titles)
     model, tokenizer = load_model(run.model, target)
-    trie = title_trie(tokenizer, target.titles, target.counts, stop=run.stop)
+    trie = title_trie(tokenizer, target.titles, target.counts, stop=stop_token(run))
     policy = rq1_policy(run, model, tokenizer, trie)
     stops = stop_summary(trie, policy.stop_log_probs(RQ1_PROMPT, trie))
     data = sft_sample(target, run.sample_size, seed)

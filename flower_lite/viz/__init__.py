@@ -2,7 +2,7 @@
 
 Nothing here trains or samples: the figures read a :class:`~flower_lite.trie.Trie`, numpy arrays
 or training histories (lists of dicts, or JSON-lines logs) and draw them in the notation of
-METHOD.md: flows F(s), token rewards r(a|s) = F(s·a) / F(s), the target P(i) = R(i) / Z.
+docs/method.md: flows F(s), token rewards r(a|s) = F(s·a) / F(s), the target P(i) = R(i) / Z.
 
 Colours: the Okabe-Ito palette (safe for the common colour-vision deficiencies) for categories, and
 ``cividis`` for continuous values. Figure text is plain Unicode (no LaTeX), so figures render
@@ -20,8 +20,8 @@ from pathlib import Path
 import plotly.graph_objects as go
 import plotly.io as pio
 
-from .charts import (distribution_figure, exposure_by_group_figure, lorenz_figure, read_jsonl, table_figure,
-                     topk_popularity_figure, training_curves_figure)
+from .charts import (distribution_figure, exposure_by_group_figure, lorenz_figure, read_jsonl, stop_log_probs_figure,
+                     table_figure, topk_popularity_figure, training_curves_figure)
 from .style import END_LABEL, OKABE_ITO, OTHER_LABEL, TARGET_COLOR
 from .trie_figures import path_rewards_figure, telescoping_table, token_rewards_figure, trie_figure
 
@@ -29,7 +29,7 @@ __all__ = [
     "OKABE_ITO", "TARGET_COLOR", "END_LABEL", "OTHER_LABEL", "setup_notebook_rendering",
     "trie_figure", "token_rewards_figure", "distribution_figure", "lorenz_figure", "exposure_by_group_figure",
     "read_jsonl", "training_curves_figure", "topk_popularity_figure", "telescoping_table",
-    "table_figure", "path_rewards_figure", "save_png", "save_html",
+    "table_figure", "path_rewards_figure", "stop_log_probs_figure", "save_png", "save_html",
 ]
 
 

@@ -248,3 +248,27 @@ def table_figure(rows: Sequence[dict], title: str | None = None, digits: int = 6
     fig.update_layout(title=title, margin=dict(t=50 if title else 10, l=10, r=10, b=10),
                       height=min(120 + 28 * len(rows), 700))
     return fig
+
+
+def stop_log_probs_figure(summaries: Mapping[str, Mapping[str, float]], penalty: float = -15.0,
+                          title: str = "log π(T | s) of the initial model") -> go.Figure:
+    """Mean (bar) and range (whiskers) of log pi(T | s) over complete titles and over incomplete states, one
+    group per summary (``distributions.stop_summary``: e.g. T = EOS and T = newline), against what Flower's
+    SubTB optimum needs: log r(T | s) (0 for a title no other title continues) and ``penalty`` inside titles."""
+    fig = go.Figure()
+    for k, (kind, label) in enumerate((("complete", "after a complete title"), ("internal", "inside a title"))):
+        names = list(summaries)
+        means = [summaries[n][f"{kind}_mean"] for n in names]
+        fig.add_trace(go.Bar(
+            x=names, y=means, name=label, marker_color=color(k),
+            error_y=dict(type="data", symmetric=False,
+                         array=[summaries[n][f"{kind}_max"] - m for n, m in zip(names, means)],
+                         arrayminus=[m - summaries[n][f"{kind}_min"] for n, m in zip(names, means)]),
+            hovertemplate="%{x}<br>mean %{y:.2f}<extra>" + label + "</extra>",
+        ))
+    fig.add_hline(y=0.0, line=dict(color=color(0), dash="dot"), annotation_text="needed after a title: log r(T|s) ≈ 0")
+    fig.add_hline(y=penalty, line=dict(color=color(1), dash="dot"), annotation_text=f"needed inside a title: {penalty:g}")
+    fig.update_layout(title=title, barmode="group", height=400, legend=dict(title="states"),
+                      margin=dict(t=60, l=60, r=20, b=50))
+    fig.update_yaxes(title="log π(T | s) (nats)")
+    return fig

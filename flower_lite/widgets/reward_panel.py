@@ -16,7 +16,7 @@ from .display import panel_bundle, redraw
 class RewardShapingPanel:
     """Sliders that reshape the item rewards R(i) of a title trie, with live figures.
 
-    The reward of item i, in this order (METHOD.md section 4):
+    The reward of item i, in this order (docs/method.md section 4):
 
     1. popularity: R_pop(i) = (c(i) + eps) ** alpha  (``rewards.popularity_rewards``);
     2. personalisation (only with ``user_prefs``): log R_u(i) from the chosen user u's preference

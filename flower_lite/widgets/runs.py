@@ -119,7 +119,8 @@ class RunExplorer:
             "distribution": viz.distribution_figure(self.target, chosen, labels=self.labels,
                                                     title=f"Target P vs {len(chosen)} cached run(s)"),
             "lorenz": viz.lorenz_figure({"target": self.target, **chosen}),
-            "table": viz.table_figure(self.table(), title="Fit of each selected run to the target", digits=4),
+            "table": viz.table_figure(self.table() or [{"run": "no run selected: select runs or change a filter"}],
+                                      title="Fit of each selected run to the target", digits=4),
         }
         redraw(self.out, *self._figures.values())
 

@@ -52,7 +52,7 @@ FIGURES_JS = """(root) => {
   return {figures, error: errors.length ? errors[0].slice(-2000) : null};
 }"""
 
-SETTLE_MS = 400  # plotly finishes drawing (fonts, legend) before a screenshot
+SETTLE_MS = 200  # plotly finishes drawing (fonts, legend) before a screenshot
 
 
 def poll(fn: Callable, check: Callable, timeout: float, what: str, page=None, fail: bool = True):
@@ -168,11 +168,14 @@ def run_all_cells(page, timeout: float) -> None:
 
 @contextlib.contextmanager
 def open_notebook(playwright, source: Path, workdir: Path, artifacts: Path, env: dict | None = None,
-                  run_timeout: float = 150) -> Iterator[Notebook]:
+                  run_timeout: float = 150, viewport: tuple[int, int] = (1280, 1400)) -> Iterator[Notebook]:
     """JupyterLab and Chromium for a copy of the notebook ``source``, all its cells run; yields a :class:`Notebook`.
 
-    The server log is ``<artifacts>/jupyterlab-<prefix>.log``; if opening or running fails, the page
-    is saved as ``<prefix>_failure.png``. Stale screenshots of this notebook are removed first.
+    ``viewport``: the page size; a panel's screenshot shows all of it only if its output fits in the
+    notebook's scrolling area (about 100 px less than the height). The server log is
+    ``<artifacts>/jupyterlab-<prefix>.log``; if opening or running fails, the page is saved as
+    ``<prefix>_failure.png``. Stale screenshots of this notebook are removed first. Prints how long
+    each stage took (server, page, kernel, cells).
     """
     prefix = source.name.split("_", 1)[0]
     artifacts.mkdir(parents=True, exist_ok=True)
@@ -181,18 +184,28 @@ def open_notebook(playwright, source: Path, workdir: Path, artifacts: Path, env:
     root = workdir / "root"
     root.mkdir(parents=True)
     shutil.copy(source, root / source.name)
+    start, times = time.monotonic(), []
+
+    def lap(what: str) -> None:
+        times.append(f"{what} {time.monotonic() - start:.1f} s")
+
     with lab.jupyterlab(root, workdir / "lab-state", artifacts / f"jupyterlab-{prefix}.log", env=env) as url:
-        context = lab.launch_chromium(playwright, workdir / "chromium-profile")
+        lap("server up")
+        context = lab.launch_chromium(playwright, workdir / "chromium-profile", viewport)
         try:
             page = context.pages[0] if context.pages else context.new_page()
             page.set_default_timeout(60_000)
             try:
                 page.goto(f"{url}lab/tree/{source.name}")
                 page.wait_for_selector(".jp-NotebookPanel .jp-CodeCell", timeout=90_000)
+                lap("notebook shown")
                 kernel_id = lab.wait_for_one_kernel(url, page)
+                lap("kernel idle")
                 run_all_cells(page, run_timeout)
+                lap("cells run")
                 notebook = Notebook(source.name, page, url, kernel_id, artifacts)
                 notebook.check_kernel()  # the kernel that ran the cells is still the one
+                print(f"\n{source.name}: " + ", ".join(times))
             except BaseException:
                 with contextlib.suppress(Exception):
                     page.screenshot(path=str(artifacts / f"{prefix}_failure.png"))

@@ -1,4 +1,4 @@
-"""Next-item recommendation with an LLM on the title trie, the paper's RQ2 / RQ4 (METHOD.md 4, 6, 7, 8).
+"""Next-item recommendation with an LLM on the title trie, the paper's RQ2 / RQ4 (docs/method.md 4, 6, 7).
 
 One job per module: :mod:`.setup` (data, prompts, SASRec preferences, rewards, :func:`~.setup.rq2_setup`,
 :func:`~.setup.rq2_config`), :mod:`.methods` (training, decoding, scoring, every baseline), :mod:`.compare`

@@ -1,4 +1,4 @@
-"""RQ2 methods: training, decoding and scoring on one :class:`~.setup.RecSetup`, and the paper's baselines (METHOD.md 7).
+"""RQ2 methods: training, decoding and scoring on one :class:`~.setup.RecSetup`, and the paper's baselines (results/README.md, RQ2).
 
 * :func:`run_method`: train with :func:`~flower_lite.train.fit` on the train split (the weights of the
   best *validation* loss are kept; the test split is never looked at while training), decode the test
@@ -14,7 +14,7 @@
   in-learning reweighting). A row whose target is in popularity group g gets
   ``w_g = GP_hist(g) / GP_target(g)``: the group's share of train history interactions over its share
   of train targets. The weights really reweight the samples (:func:`flower_lite.losses.sft_loss` with
-  ``weight=``); the reference averaged them away (mean(w) * mean(loss), METHOD.md 9 item 6).
+  ``weight=``); the reference averaged them away (mean(w) * mean(loss), docs/method.md 8).
 * :func:`flower`: Flower's objective with the setup's personalised reward.
 
 Groups are the package's one rule (:func:`flower_lite.metrics.popularity_group_ids`) on the

@@ -6,16 +6,16 @@
 3. :func:`preference_rows`: SASRec's p_ui for every row of a split, computed once. The preference
    row of a sample is always that sample's own row: train samples read train rows, validation
    samples read validation rows (the reference's validation loss looked up the wrong users' rows,
-   METHOD.md 9 item 4). :func:`prepare` stacks the train and valid rows into one table and gives
+   docs/method.md 8). :func:`prepare` stacks the train and valid rows into one table and gives
    every :class:`~flower_lite.train.FitData` row the index of its own preference row.
 4. :func:`reward_fn`: the ``log_rewards_fn`` of :class:`~flower_lite.train.Trainer`, i.e. the
    :class:`~flower_lite.config.RewardSpec`'s ``log R_u(i)`` per row; the trainer turns it into exact
-   per-user flows F_u(s) over the trie (METHOD.md 3-4).
+   per-user flows F_u(s) over the trie (docs/method.md 3-4).
 5. :func:`rq2_setup` builds all of it from a data-set name and a policy factory; :func:`rq2_config` is
    the training recipe of the trained methods.
 
 Popularity and groups. The popularity c(i) is item-level: :meth:`NextItemData.train_history_counts`,
-the number of train history windows item i appears in (METHOD.md 4). It gives ``p_pop`` of the
+the number of train history windows item i appears in (docs/method.md 4). It gives ``p_pop`` of the
 rewards (smoothed by ``RewardSpec.pop_eps`` so that items never seen in a train history keep a small
 reward and stay reachable), the trie's own flows (the same ``(c + eps) ** alpha``), and the 8
 popularity groups of DGU / MGU. The paper's group shares are title-level
@@ -63,7 +63,7 @@ CATEGORY_NOUNS = {
 # ---------------------------------------------------------------------------- configuration
 @dataclass
 class DecodeSettings:
-    """Trie-constrained beam search (METHOD.md 6): BIGRec uses length_penalty 1.0, D3 0.0."""
+    """Trie-constrained beam search (docs/method.md 6): BIGRec uses length_penalty 1.0, D3 0.0."""
 
     num_beams: int = 10
     num_return: int = 10
