@@ -2,6 +2,7 @@
 
     python bench/contention.py                 # the demo: alone, beside 1 busy process, beside a 2-thread torch job
     python bench/contention.py --notebooks     # also each notebook's quick-mode nbmake run, alone and beside 1 busy process
+    python bench/contention.py --notebooks 04  # only the notebooks whose name starts with 04
 
 Goal (learner issue): beside a CPU-bound competitor the demo takes at most 1.5x its time alone, and each notebook's
 quick mode at most 4 minutes (2 minutes alone). The competitors: a pure-Python busy loop (one core, what a
@@ -52,7 +53,8 @@ def beside(competitor: list[str] | None, cmd: list[str], env: dict | None = None
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--notebooks", action="store_true", help="also time each notebook's quick mode (about 20 minutes)")
+    parser.add_argument("--notebooks", nargs="?", const="0", default=None, metavar="PREFIX",
+                        help="also time each notebook's quick mode (about 20 minutes), or those whose name starts with PREFIX")
     args = parser.parse_args()
     cli = str(Path(sys.executable).parent / "flower-lite")
     out = tempfile.mkdtemp(prefix="flower_lite_bench_")
@@ -64,10 +66,10 @@ def main() -> None:
         key = "demo_beside_" + name.split()[0]
         result[key + "_s"], result[key + "_ratio"] = round(t, 1), round(t / result["demo_alone_s"], 2)
         print(f"flower-lite demo beside a {name}: {t:.1f} s ({t / result['demo_alone_s']:.2f}x alone)", flush=True)
-    if args.notebooks:
+    if args.notebooks is not None:
         env = {"FLOWER_LITE_QUICK": "1"}
         result["notebooks"] = {}
-        for nb in NOTEBOOKS:
+        for nb in (nb for nb in NOTEBOOKS if nb.name.startswith(args.notebooks)):
             cmd = [sys.executable, "-m", "pytest", "-q", "--nbmake", str(nb.relative_to(ROOT)), "-p", "no:cacheprovider"]
             alone = beside(None, cmd, env)
             busy = beside(COMPETITORS["busy loop (1 core)"], cmd, env)

@@ -9,9 +9,10 @@ from flower_lite.cli import main
 def test_demo_prints_the_comparison_and_writes_the_report(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path), "--steps", "300"]) == 0
     out = capsys.readouterr().out
-    assert "sft" in out and "flower" in out and "report:" in out
+    assert "sft" in out and "subtb" in out and "sft+subtb θ=0.995" in out and "report:" in out
     rows = {r["method"]: r for r in json.loads((tmp_path / "results.json").read_text())}
-    assert rows["flower"]["kl"] <= 1e-3 < rows["sft"]["kl"]
+    assert rows["subtb"]["kl"] <= 1e-3 < rows["sft"]["kl"]
+    assert f"KL {rows['sft+subtb θ=0.995']['kl']:.3g}," in out  # the conclusion quotes the measured numbers
     html = (tmp_path / "report.html").read_text()
     assert html.count("Plotly.newPlot") >= 3
 

@@ -1,4 +1,5 @@
 """environment.yml must install exactly what pyproject.toml declares; CI must run README's test command."""
+import json
 import re
 import tomllib
 from pathlib import Path
@@ -53,3 +54,10 @@ def test_the_documents_link_only_to_files_in_the_repository():
             if not (doc.parent / target.split("#")[0]).exists():
                 broken.append(f"{doc.relative_to(ROOT)} -> {target}")
     assert broken == []
+
+
+def test_every_notebook_states_its_time_at_the_top():
+    for path in sorted((ROOT / "notebooks").glob("0*.ipynb")):
+        cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
+        intro = "".join(next(c for c in cells if c["cell_type"] == "markdown")["source"])
+        assert "**Time**" in intro and re.search(r"\d+ (seconds|minutes?|hours)|a minute", intro), path.name

@@ -81,9 +81,12 @@ def conclusion(rows: list[dict], sample_size: int) -> str:
             f"{sft['coverage']} titles covered. The GFlowNet losses alone see the exact flows of the trie and reach "
             f"the target: KL {kls} (best: {best}).")
     if mix is not None:
-        nearer = "near SFT's" if abs(mix["kl"] - sft["kl"]) < abs(mix["kl"] - alone[best]["kl"]) else "near the GFlowNet losses'"
-        text += (f" Flower's mix {mix['method']} ends at KL {mix['kl']:.3g}, {nearer}: θ is the weight of the SFT term, "
-                 f"so at θ = 0.995 the sample's likelihood dominates and pulls the policy toward SFT's copy of the sample.")
+        gap = sft["kl"] - alone[best]["kl"]
+        share = (sft["kl"] - mix["kl"]) / gap if gap > 0 else 0.0
+        text += (f" Flower's mix {mix['method']} ends at KL {mix['kl']:.3g}, {share:.0%} of the way from SFT to {best}, "
+                 f"with {mix['coverage']} titles covered: θ is the weight of the SFT term, so the sample's likelihood "
+                 f"still shapes the mix, and the GFlowNet term, with weight 1 − θ, "
+                 + ("moves it toward the target." if share > 0 else "does not move it toward the target here."))
     return text
 
 
