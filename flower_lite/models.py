@@ -13,7 +13,8 @@ Three ways to get a policy pi(a | s) (docs/method.md section 5) as a Hugging Fac
 with random weights, to measure speed and memory offline.
 
 Every tokenizer returned here pads on the LEFT and has a pad token (docs/method.md section 8).
-The termination token T of the title trie is the tokenizer's EOS (docs/method.md section 2).
+The termination token T of the title trie is the tokenizer's EOS or its newline token (docs/method.md section 2,
+``prompts.title_trie``).
 """
 
 from __future__ import annotations

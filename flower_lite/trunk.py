@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from .models import LoraSettings, apply_lora
 from .prompts import encode_prompts
-from .tree_attention import CHUNK_NODES, TreePass, TrunkCache, eval_mode, build_cache, decoder_parts, state_nodes
+from .tree_attention import CHUNK_NODES, TreePass, TrunkCache, build_cache, decoder_parts, eval_mode, state_nodes
 from .trie import ROOT, Trajectories, Trie, TrieStructure
 
 
