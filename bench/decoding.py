@@ -15,7 +15,8 @@ trie (prefix tuple -> allowed tokens, the reference implementation's way), i.e. 
 ``PrefixConstrainedLogitsProcessor`` with a Python call per beam and step. Goal: the tensorised
 processor >= 3x faster per decoding step.
 
-Usage: python bench/decoding.py [--items 5000] [--beams 10] [--repeats 15] [--threads 1]
+Usage: python bench/decoding.py [--items 5000] [--beams 10] [--repeats 15] [--threads 1] [--smoke]
+``--smoke``: 300 titles, 2 prompts, 3 beams, 2 samples, vocabulary 512, 2 repeats (seconds).
 The last line is machine-readable JSON.
 """
 from __future__ import annotations
@@ -34,6 +35,7 @@ from flower_lite.models import make_tiny_model
 from flower_lite.prompts import build_prompt, encode_prompts, title_trie
 
 VARIANTS = ["", " (Remastered)", " Deluxe Edition", ": Director's Cut", " Collection", " Returns", " Origins"]
+SMOKE = {"items": 300, "prompts": 2, "beams": 3, "samples": 2, "vocab_size": 512, "hidden_size": 32, "repeats": 2}  # --smoke
 
 
 class StepCounter(LogitsProcessor):
@@ -153,7 +155,11 @@ def main() -> None:
     parser.add_argument("--hidden-size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (tiny ops: 1 avoids OpenMP spin-waits)")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: runs in seconds")
     args = parser.parse_args()
+    if args.smoke:  # smaller defaults; options given on the command line still win
+        parser.set_defaults(**SMOKE)
+        args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
     titles = catalogue_titles(args.items)
@@ -196,8 +202,8 @@ def main() -> None:
           f"{naive['naive_ms_per_step']:.2f} ms/step, tensorised {naive['speedup']:.2f}x faster (the processors alone: "
           f"{naive['tensorised_processor_ms_per_step']:.2f} vs {naive['naive_processor_ms_per_step']:.2f} ms/step, "
           f"{naive['processor_speedup']:.1f}x)")
-    print(json.dumps({"items": len(titles), "nodes": trie.num_nodes, "vocab": len(tok), "beams": args.beams,
-                      "prompts": args.prompts, "threads": args.threads,
+    print(json.dumps({"bench": "decoding", "smoke": args.smoke, "items": len(titles), "nodes": trie.num_nodes, "vocab": len(tok),
+                      "beams": args.beams, "prompts": args.prompts, "threads": args.threads,
                       **{f"{k}_{m}": round(v, 4) for k, r in results.items() for m, v in r.items()}}))
 
 

@@ -14,7 +14,8 @@ title lengths.
 Goal (issue: performance): titles/s, and linear scaling in the number of titles (read here as: time per title
 of every size within 1.2x of the smallest size's).
 
-Usage: python bench/exact_distribution.py [--sizes 1000 2000 5000] [--batch-size 256] [--repeats 3] [--threads 1]
+Usage: python bench/exact_distribution.py [--sizes 1000 2000 5000] [--batch-size 256] [--repeats 3] [--threads 1] [--smoke]
+``--smoke``: 100 and 200 titles, batches of 64, vocabulary 512, 1 repeat (seconds).
 The last line is machine-readable JSON.
 """
 from __future__ import annotations
@@ -33,6 +34,7 @@ from flower_lite.models import make_tiny_model
 from flower_lite.prompts import build_prompt, title_trie
 
 PROMPT = build_prompt("Recommend a movie.")
+SMOKE = {"sizes": [100, 200], "batch_size": 64, "vocab_size": 512, "hidden_size": 32, "repeats": 1}  # --smoke
 VARIANTS = ["", " (Remastered)", " Deluxe Edition", ": Director's Cut", " Collection", " Returns", " Origins"]
 
 
@@ -52,7 +54,11 @@ def main() -> None:
     parser.add_argument("--hidden-size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 avoids OpenMP spin-waits on a busy machine)")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: runs in seconds")
     args = parser.parse_args()
+    if args.smoke:  # smaller defaults; options given on the command line still win
+        parser.set_defaults(**SMOKE)
+        args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
     pool = title_pool()
@@ -91,8 +97,8 @@ def main() -> None:
         results.append(row)
         print(f"{n:>6} {info[n]['titles']:>7} {info[n]['tokens'] / info[n]['titles']:>9.2f} {row['seconds']:>8.3f} "
               f"{row['titles_per_s']:>9.0f} {1e6 * per_title[n]:>9.1f} {row['time_per_title_ratio']:>7.3f}x {row['time_per_token_ratio']:>8.3f}x")
-    print(json.dumps({"bench": "exact_distribution", "batch_size": args.batch_size, "threads": args.threads,
-                      "repeats": args.repeats, "vocab": len(tok), "results": results}))
+    print(json.dumps({"bench": "exact_distribution", "smoke": args.smoke, "batch_size": args.batch_size,
+                      "threads": args.threads, "repeats": args.repeats, "vocab": len(tok), "results": results}))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,8 @@ gradients and AdamW's two states (all bfloat16), plus activations and the float3
 A 16 GB card also needs room for the CUDA context and allocator fragmentation (compare ``reserved``).
 
 Usage (GPU):   python bench/gpu_check.py [--quick] [--out gpu_check.json]
-Smoke (CPU):   python bench/gpu_check.py --device cpu --tiny --quick
+Smoke:         python bench/gpu_check.py --smoke   (seconds: the tiny model, 200 items, batch 4, 4 prompts, on
+               the GPU when there is one, else on the CPU; checks that every section runs, not the figures)
 A time guard skips the remaining sections once ``--budget-s`` (default 420 s) is spent; the whole run is
 meant to stay under 8 minutes (``--quick``: about 2). The last line is a machine-readable JSON summary.
 """
@@ -39,9 +40,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_step import MODES, base_config, batch_tokens, build_setup, compare, mode_configs, timed_step  # noqa: E402
 
 GIB = 2**30
+SMOKE = {"device": "cuda" if torch.cuda.is_available() else "cpu", "tiny": True, "quick": True, "items": 200,
+         "batches": [4], "prompts": 4, "max_batch": 32, "budget_gb": 1.0}  # --smoke
 
 
 def is_cuda(device) -> bool:
+    """Whether ``device`` is a CUDA device."""
     return torch.device(device).type == "cuda"
 
 
@@ -60,6 +64,7 @@ def peak_step(trainer, config) -> dict:
 
 
 def release(trainer) -> None:
+    """Drop the gradients and cached allocator blocks between measurements."""
     trainer.optimizer.zero_grad(set_to_none=True)
     gc.collect()
     if torch.cuda.is_available():
@@ -115,6 +120,7 @@ def largest_fitting(ok, start: int, cap: int, deadline: float = float("inf")) ->
 
 
 def beam_throughput(model, tok, trie, prompts: list[str], beams: int, batch_size: int, repeats: int) -> dict:
+    """Prompts/s of ``decoding.recommend`` (constrained beam search), median of ``repeats`` runs after a warm-up."""
     from flower_lite.decoding import recommend
 
     recommend(model, tok, prompts[:batch_size], trie, num_beams=beams, num_return=beams, batch_size=batch_size)  # warm-up
@@ -139,12 +145,18 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="the tiny model instead of Qwen2.5-0.5B (CPU smoke test)")
     parser.add_argument("--quick", action="store_true", help="fewer repetitions and prompts (about 2 minutes on a GPU)")
     parser.add_argument("--dtype", default=None, help="default: bfloat16 (qwen), float32 (tiny)")
+    parser.add_argument("--items", type=int, default=1000, help="catalogue size")
     parser.add_argument("--batches", type=int, nargs="+", default=[8, 32])
+    parser.add_argument("--prompts", type=int, default=None, help="beam search prompts (default 64, --quick 16)")
     parser.add_argument("--budget-gb", type=float, default=16.0, help="memory budget of the batch search, GiB")
     parser.add_argument("--max-batch", type=int, default=2048)
     parser.add_argument("--budget-s", type=float, default=420.0, help="skip remaining sections after this many seconds")
     parser.add_argument("--out", default=None, help="also write the JSON summary to this file")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, GPU if present else CPU: runs in seconds")
     args = parser.parse_args()
+    if args.smoke:  # smaller defaults; options given on the command line still win
+        parser.set_defaults(**SMOKE)
+        args = parser.parse_args()
     start = time.perf_counter()
     deadline = start + args.budget_s
     if not is_cuda(args.device):
@@ -157,11 +169,11 @@ def main() -> None:
     kind = "tiny" if args.tiny else "qwen"
     dtype = args.dtype or ("float32" if args.tiny else "bfloat16")
     repeats = 3 if args.quick else 10
-    model, tok, trie, data = build_setup(kind, 1000, args.device, dtype)
+    model, tok, trie, data = build_setup(kind, args.items, args.device, dtype)
     setup_s = time.perf_counter() - start
     trainer = Trainer(model, tok, trie, base_config(args.batches[0]), data, progress=False)
     summary = {
-        "bench": "gpu_check", "model": kind, "dtype": dtype, "device": args.device, "quick": args.quick,
+        "bench": "gpu_check", "model": kind, "dtype": dtype, "device": args.device, "quick": args.quick, "smoke": args.smoke,
         "device_name": torch.cuda.get_device_name() if is_cuda(args.device) else platform.processor() or platform.machine(),
         "torch": torch.__version__, "cuda": torch.version.cuda, "parameters": sum(p.numel() for p in model.parameters()),
         "vocab": model.config.vocab_size, "titles": trie.num_items, "rows": len(data), "setup_s": round(setup_s, 1),
@@ -188,10 +200,11 @@ def main() -> None:
                                              f"{row[n]['tokens_per_s']:.0f} tok/s, peak {row[n]['peak_allocated_gib']} GiB)" for n in MODES), flush=True)
         release(trainer)
 
-    prompts = data.prompts[: 16 if args.quick else 64]
+    prompts = data.prompts[: args.prompts or (16 if args.quick else 64)]
     if time.perf_counter() < deadline:
         model.eval()
-        summary["beam_search"] = beam_throughput(model, tok, trainer.trie, prompts, beams=10, batch_size=8, repeats=1 if args.quick else 3)
+        summary["beam_search"] = beam_throughput(model, tok, trainer.trie, prompts, beams=10, batch_size=min(8, len(prompts)),
+                                                repeats=1 if args.quick else 3)
         print(f"constrained beam search (10 beams): {summary['beam_search']['prompts_per_s']} prompts/s", flush=True)
     else:
         summary["skipped"].append("beam_search")

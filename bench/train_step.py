@@ -21,9 +21,10 @@ tokens/s counts the real (non-pad) prompt and title tokens of the batch's datase
 Goals (issue: performance): teacher-forced Flower step <= 1.15x the SFT step; on-policy: report the ratio.
 
 Usage: python bench/train_step.py [--model tiny|qwen] [--device cpu|cuda] [--dtype float32|bfloat16]
-                                  [--batch 16] [--repeats 15] [--threads 1]
+                                  [--batch 16] [--repeats 15] [--threads 1] [--breakdown] [--smoke]
 ``--model qwen`` is the Qwen2.5-0.5B architecture with random weights (for a GPU; see bench/gpu_check.py).
-The last line is machine-readable JSON.
+``--smoke``: 200 items, hidden size 32, batch 4, 2 repeats and ``--breakdown`` (seconds; checks that the bench
+runs on the current training code, its figures mean nothing). The last line is machine-readable JSON.
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ import json
 import os
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import replace
 
 import numpy as np
@@ -47,6 +49,7 @@ from flower_lite.train import FitData, TrainConfig, Trainer, batch_indices
 FLOWER = Objective("subtb", theta=0.995)
 
 MODES = ("sft", "flower_tf", "flower_op")
+SMOKE = {"items": 200, "hidden_size": 32, "batch": 4, "repeats": 2, "breakdown": True}  # --smoke
 INSTRUCTION = "Given a list of movies the user recently enjoyed, write a new movie the user may like"
 
 
@@ -90,6 +93,7 @@ def build_setup(model_kind: str = "tiny", n_items: int = 1000, device: str = "cp
 
 
 def mode_configs(base: TrainConfig) -> dict[str, TrainConfig]:
+    """The three step kinds of the module docstring on ``base``'s settings."""
     return {
         "sft": replace(base, objective=Objective("sft"), trajectories="offline"),
         "flower_tf": replace(base, objective=FLOWER, trajectories="offline"),
@@ -104,6 +108,7 @@ def base_config(batch: int, **kw) -> TrainConfig:
 
 
 def sync(device) -> None:
+    """Wait for queued CUDA work (nothing to do on a CPU)."""
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
 
@@ -118,10 +123,15 @@ def timed_step(trainer: Trainer, config: TrainConfig) -> tuple[float, dict]:
     return time.perf_counter() - start, stats
 
 
+def step0_prompts(trainer: Trainer, data: FitData, batch: int) -> tuple[np.ndarray, dict[str, torch.Tensor]]:
+    """Step 0's rows and their left-padded prompts on the model's device, as ``Trainer.loss`` builds them."""
+    rows = batch_indices(len(data), batch, 0, trainer.config.seed)
+    return rows, trainer.policy.prompts([data.prompts[i] for i in rows]).encoded
+
+
 def batch_tokens(trainer: Trainer, data: FitData, batch: int) -> dict:
     """Prompt and title tokens of step 0's rows: real (non-pad) tokens and the padded [B, L + K] size."""
-    rows = batch_indices(len(data), batch, 0, trainer.config.seed)
-    prompts = trainer._prompts([data.prompts[i] for i in rows])
+    rows, prompts = step0_prompts(trainer, data, batch)
     lengths = trainer.trie.structure.path_length[torch.as_tensor(data.items[rows], device=trainer.trie.device)].cpu()  # title + T
     real = int(prompts["attention_mask"].sum()) + int(lengths.sum())
     return {"real_tokens": real, "padded_tokens": batch * (prompts["input_ids"].shape[1] + int(lengths.max())),
@@ -149,8 +159,7 @@ def sampling_seconds(trainer: Trainer, data: FitData, batch: int, repeats: int) 
     """Median time of the on-policy sampler alone (KV cache, no grad) on step 0's prompts."""
     from flower_lite.rollout import sample_on_policy
 
-    rows = batch_indices(len(data), batch, 0, trainer.config.seed)
-    prompts = trainer._prompts([data.prompts[i] for i in rows])
+    _, prompts = step0_prompts(trainer, data, batch)
     model = trainer.accelerator.unwrap_model(trainer.model)
     model.train()
     times = []
@@ -165,12 +174,12 @@ def sampling_seconds(trainer: Trainer, data: FitData, batch: int, repeats: int) 
     return statistics.median(times)
 
 
-COMPONENTS = {  # (module, attribute) of the pieces of a step, as flower_lite.train calls them
-    "teacher_forced (forward)": ("flower_lite.train", "teacher_forced"),
-    "prompt_pass (forward)": ("flower_lite.train", "prompt_pass"),
-    "continue_prompts (forward)": ("flower_lite.train", "continue_prompts"),
-    "sample_on_policy": ("flower_lite.train", "sample_on_policy"),
-    "path_rewards (trie)": ("flower_lite.train", "path_rewards"),
+COMPONENTS = {  # (module, attribute) of the pieces of a step, where their callers look them up
+    "teacher_forced (forward)": ("flower_lite.rollout", "teacher_forced"),  # LMPolicy.log_probs, one set
+    "prompt_pass (forward)": ("flower_lite.rollout", "prompt_pass"),  # LMPolicy: shared by the sets of a step
+    "continue_prompts (forward)": ("flower_lite.rollout", "continue_prompts"),  # LMPolicy.log_probs, several sets
+    "sample_on_policy": ("flower_lite.rollout", "sample_on_policy"),  # LMPolicy.sample
+    "path_rewards (trie)": ("flower_lite.train", "path_rewards"),  # Trainer.loss
     "subtb loss": ("flower_lite.losses", "subtrajectory_balance_loss"),
     "sft loss": ("flower_lite.losses", "sft_loss"),
 }
@@ -180,14 +189,16 @@ def breakdown(trainer: Trainer, configs: dict[str, TrainConfig], repeats: int) -
     """Milliseconds spent in each component (wrapped with timers), backward and optimizer step, in the fastest
     of ``repeats`` steps of each mode.
 
-    "other" is the rest of ``train_step`` (batch indices, prompt padding, gradient clipping, ...).
+    "other" is the rest of ``train_step`` (batch indices, prompt padding, gradient clipping, ...). A component
+    that no longer exists, or that no mode calls, is an error: the training code changed and ``COMPONENTS``
+    must follow it (silently timing nothing would report its time as "other").
     """
     import importlib
 
     device = trainer.accelerator.device
     spent: dict[str, float] = {}
 
-    def timer(label, fn):
+    def timer(label: str, fn: Callable) -> Callable:
         def wrapped(*args, **kwargs):
             sync(device)
             start = time.perf_counter()
@@ -200,8 +211,8 @@ def breakdown(trainer: Trainer, configs: dict[str, TrainConfig], repeats: int) -
     originals = []
     for label, (module, attr) in COMPONENTS.items():
         mod = importlib.import_module(module)
-        if not hasattr(mod, attr):  # the training code changed: time what still exists
-            continue
+        if not hasattr(mod, attr):
+            raise AttributeError(f"breakdown: {module}.{attr} no longer exists; update COMPONENTS in bench/train_step.py")
         originals.append((mod, attr, getattr(mod, attr)))
         setattr(mod, attr, timer(label, getattr(mod, attr)))
     acc, opt = trainer.accelerator, trainer.optimizer
@@ -216,6 +227,9 @@ def breakdown(trainer: Trainer, configs: dict[str, TrainConfig], repeats: int) -
                 rows.append({**spent, "other": total - sum(spent.values()), "total": total})
             fastest = min(rows, key=lambda r: r["total"])  # least disturbed by other load; its parts sum to its total
             out[name] = {k: round(1e3 * v, 3) for k, v in sorted(fastest.items(), key=lambda kv: (kv[0] == "total", -kv[1]))}
+        unused = [label for label in COMPONENTS if not any(label in row for row in out.values())]
+        if unused:
+            raise RuntimeError(f"breakdown: no mode called {unused}; the training code changed, update COMPONENTS")
         return out
     finally:
         for mod, attr, fn in originals:
@@ -224,6 +238,7 @@ def breakdown(trainer: Trainer, configs: dict[str, TrainConfig], repeats: int) -
 
 
 def summarise(res: dict, tokens: dict) -> dict:
+    """Flat JSON fields: per mode ms/step and tokens/s; ratios to SFT (of medians, of minima, paired)."""
     sft = res["sft"]
     out = {}
     for name, r in res.items():
@@ -247,7 +262,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 avoids OpenMP spin-waits on a busy machine)")
     parser.add_argument("--breakdown", action="store_true", help="also time the components of each step (timers add syncs)")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes and --breakdown: runs in seconds")
     args = parser.parse_args()
+    if args.smoke:  # smaller defaults; options given on the command line still win
+        parser.set_defaults(**SMOKE)
+        args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if torch.device(args.device).type == "cpu":
         os.environ.setdefault("ACCELERATE_USE_CPU", "1")  # the Trainer's accelerator must not move the model to a GPU
@@ -259,7 +278,7 @@ def main() -> None:
     print(f"{args.model} model ({params / 1e6:.2f}M parameters, vocab {model.config.vocab_size}, {args.dtype}) on {args.device}, "
           f"{trie.num_items} titles ({trie.num_nodes} trie nodes), batch {args.batch}: prompts {tokens['prompt_width']} tokens wide, "
           f"titles {tokens['mean_title_tokens']:.1f} tokens on average; {args.threads} thread(s), {args.repeats} repeats")
-    res = compare(trainer, mode_configs(base_config(args.batch)), args.repeats)
+    res = compare(trainer, mode_configs(base_config(args.batch)), args.repeats, warmup=1 if args.smoke else 2)
     sample_s = sampling_seconds(trainer, data, args.batch, max(3, args.repeats // 3))
     for name, r in res.items():
         ratio = r["median_s"] / res["sft"]["median_s"]
@@ -273,7 +292,7 @@ def main() -> None:
         for name, row in parts.items():
             print(f"{name:10s} ms: " + ", ".join(f"{k} {v:.2f}" for k, v in row.items()))
     print(json.dumps({"bench": "train_step", "model": args.model, "device": args.device, "dtype": args.dtype,
-                      "batch": args.batch, "threads": args.threads, "repeats": args.repeats, "items": trie.num_items,
+                      "batch": args.batch, "threads": args.threads, "repeats": args.repeats, "items": trie.num_items, "smoke": args.smoke,
                       **tokens, **summarise(res, tokens), "sampling_ms": round(1e3 * sample_s, 3),
                       **({"breakdown_ms": parts} if parts else {})}))
 

@@ -1,7 +1,9 @@
 """Trie build time and memory for 10k / 100k / 1M synthetic titles (~15 tokens), and batched lookup throughput.
 
-Usage: python bench/trie_build.py [--sizes 10000 100000 1000000] [--lookups 2000000]
+Usage: python bench/trie_build.py [--sizes 10000 100000 1000000] [--lookups 2000000] [--smoke]
 Goals (issue: performance): 1M titles built in < 60 s with < 200 bytes per node; >= 1e7 token lookups/s on CPU.
+The ratio: sorted lookups (``trie.SORTED_LOOKUP_MIN``) against the same batch unsorted, in the same run.
+``--smoke``: 1k and 10k titles, 50k lookups (seconds; still above the sorting threshold, so both paths run).
 The last line is machine-readable JSON.
 """
 from __future__ import annotations
@@ -15,6 +17,8 @@ import torch
 
 from flower_lite import trie as trie_module
 from flower_lite.trie import Trie
+
+SMOKE = {"sizes": [1000, 10_000], "lookups": 50_000}  # --smoke
 
 
 def synthetic_titles(n: int, vocab: int = 50_000, mean_len: int = 15, seed: int = 0) -> list[list[int]]:
@@ -50,7 +54,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--lookups", type=int, default=2_000_000)
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: runs in seconds")
     args = parser.parse_args()
+    if args.smoke:  # smaller defaults; options given on the command line still win
+        parser.set_defaults(**SMOKE)
+        args = parser.parse_args()
     results = []
     print(f"{'titles':>10} {'nodes':>12} {'build s':>9} {'bytes/node':>11} {'lookups/s':>12} {'unsorted/s':>11} {'ratio':>6}")
     for n in args.sizes:
@@ -65,7 +73,8 @@ def main() -> None:
                "lookups_per_s": round(rate), "unsorted_lookups_per_s": round(plain), "sorted_speedup": round(rate / plain, 2)}
         results.append(row)
         print(f"{n:>10} {trie.num_nodes:>12} {build:>9.2f} {row['bytes_per_node']:>11.1f} {rate:>12.3g} {plain:>11.3g} {rate / plain:>5.2f}x")
-    print(json.dumps({"bench": "trie_build", "torch_threads": torch.get_num_threads(), "results": results}))
+    print(json.dumps({"bench": "trie_build", "torch_threads": torch.get_num_threads(), "lookups": args.lookups, "smoke": args.smoke,
+                      "results": results}))
 
 
 if __name__ == "__main__":

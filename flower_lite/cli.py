@@ -14,7 +14,7 @@ import typing
 from dataclasses import fields, is_dataclass, replace
 
 from . import __version__
-from .config import RQ2_METHODS, RewardSpec, RQ1Run, TrainConfig
+from .config import LOSSES, RQ2_METHODS, Objective, RewardSpec, RQ1Run, RQ2Run, TrainConfig
 
 PROG = "flower-lite"
 TRAIN_OPTIONS = ("trajectories", "temperature", "lr", "log_z_lr", "weight_decay", "warmup_steps", "schedule",
@@ -174,20 +174,32 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _objective(text: str) -> Objective:
+    """``db`` (the loss alone) or ``db:0.995`` (θ-mixed with SFT) -> an :class:`Objective`."""
+    loss, _, theta = text.partition(":")
+    if loss not in LOSSES or loss == "sft":
+        raise argparse.ArgumentTypeError(f"expected LOSS or LOSS:THETA with LOSS one of {', '.join(LOSSES[1:])}, got {text!r}")
+    try:
+        return Objective(loss, theta=float(theta) if theta else 0.0)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err))
+
+
 def _compare(args: argparse.Namespace) -> int:
     import time
 
-    from .experiments.recipes import FLOWER, rq2_config
+    from .experiments.recipes import FLOWER
     from .experiments.records import command_line, write_record
     from .experiments.rq2 import rq2_table
+    from .experiments.rq2.lm import run_config
 
     started = time.perf_counter()
+    run = RQ2Run(**given(args, "run."), seed=args.seed)
     objective = replace(FLOWER, **given(args, "objective."))
     train = given(args, "train.")
-    config = rq2_config(train.pop("max_steps", 600), objective, seed=args.seed, **train)
+    config = run_config(run, train.pop("max_steps", None), objective=objective, seed=args.seed, **train)
     reward = replace(RewardSpec(), **given(args, "reward."))
-    rows, _ = rq2_table(args.data, config, reward, args.train_rows, args.valid_rows, args.test_rows, seed=args.seed,
-                        threads=args.threads, methods=args.methods)
+    rows, _ = rq2_table(run, config, reward, methods=args.methods, objectives=args.objectives)
     if args.json:
         print(json.dumps(rows, indent=1))
     else:
@@ -247,21 +259,19 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", action="store_true", help="print the metrics as JSON instead of a table")
     ev.set_defaults(func=_evaluate)
 
-    cmp = sub.add_parser("compare", help="next-item recommendation (RQ2): every baseline, SFT and Flower with the tiny model",
+    cmp = sub.add_parser("compare", help="next-item recommendation (RQ2): every baseline, SFT and Flower (tiny model, SmolLM2 or a local one)",
                          formatter_class=fmt)
-    cmp.add_argument("--data", default="default", help="default | Movies_and_TV | Video_Games | CDs_and_Vinyl "
-                     "(shared data folder, FLOWER_LITE_DATA) (default: default)")
-    cmp.add_argument("--train-rows", type=_positive, default=None, help="keep the most recent train rows (default: all)")
-    cmp.add_argument("--valid-rows", type=_positive, default=64, help="seeded validation rows (default: 64)")
-    cmp.add_argument("--test-rows", type=_positive, default=128, help="seeded test rows (default: 128)")
+    add_fields(cmp, RQ2Run(), [f.name for f in fields(RQ2Run) if f.name != "seed"], "run.")
     add_fields(cmp, RewardSpec(), dest_prefix="reward.")
     add_fields(cmp, FLOWER, dest_prefix="objective.")
     add_fields(cmp, rq2_config(), TRAIN_OPTIONS, "train.", notes={"eval_every": "a sixth of --steps",
                                                                    "warmup_steps": "min(20, steps / 10)"})
     cmp.add_argument("--methods", nargs="+", default=list(RQ2_METHODS), choices=RQ2_METHODS, metavar="METHOD",
                      help=f"the rows to compute (default: all): {', '.join(RQ2_METHODS)}; a row does not depend on the others")
+    cmp.add_argument("--objectives", nargs="+", type=_objective, default=[], metavar="LOSS[:THETA]",
+                     help="more Flower rows, one per objective: distill, db, subtb_exact, tb alone, or θ-mixed with "
+                          "SFT as db:0.995 (default: none)")
     cmp.add_argument("--seed", type=int, default=0, help="seed of the subsets, SASRec, the tiny model and training (default: 0)")
-    cmp.add_argument("--threads", type=_positive, default=1, help="torch CPU threads (default: 1)")
     cmp.add_argument("--out", default=None, help="write the rows, the command and its environment as a JSON record here")
     cmp.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
     cmp.set_defaults(func=_compare)

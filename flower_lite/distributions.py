@@ -14,9 +14,10 @@ import math
 import torch
 from torch import Tensor
 
-from .prompts import encode_prompts, model_device, teacher_forced_log_probs, teacher_forced_logits
+from .prompts import encode_prompts, model_device
+from .rollout import teacher_forced_log_probs, teacher_forced_logits
 from .threads import model_threads
-from .trie import Trie
+from .trie import Trie, segment_log_softmax
 
 __all__ = ["exact_item_distribution", "constrained_item_distribution", "stop_log_probs", "stop_summary"]
 
@@ -111,18 +112,10 @@ def constrained_item_distribution(
     s = trie.structure
     edge_log_q = torch.zeros(trie.num_nodes, dtype=torch.float64)  # log q(token[n] | parent[n])
     for nodes, logits in _state_logits(model, tokenizer, prompt, trie, batch_size):
-        counts = s.child_hi[nodes] - s.child_lo[nodes]
-        seg = torch.repeat_interleave(torch.arange(nodes.numel()), counts)  # edge -> its state
-        edges = s.child_lo[nodes][seg] + torch.arange(seg.numel()) - torch.repeat_interleave(counts.cumsum(0) - counts, counts)
+        seg, edges = trie.child_edges(nodes)  # every edge out of the states, and the state it leaves
         vals = logits[seg.to(logits.device), s.token[edges].to(logits.device)].cpu().double() / temperature
-        peak = torch.full((nodes.numel(),), -math.inf, dtype=torch.float64).scatter_reduce(0, seg, vals, reduce="amax")
-        total = torch.zeros(nodes.numel(), dtype=torch.float64).index_add_(0, seg, (vals - peak[seg]).exp())
-        edge_log_q[edges] = vals - (peak + total.log())[seg]
-    log_p = torch.zeros(trie.num_nodes, dtype=torch.float64)
-    for d in range(1, len(s.depth_start) - 1):  # top-down: children have larger ids, one depth at a time
-        n = torch.arange(int(s.depth_start[d]), int(s.depth_start[d + 1]))
-        log_p[n] = log_p[s.parent[n]] + edge_log_q[n]
-    return log_p[trie.terminal_nodes].exp()
+        edge_log_q[edges] = segment_log_softmax(vals, seg, nodes.numel())
+    return trie.path_sums(edge_log_q)[trie.terminal_nodes].exp()
 
 
 @model_threads

@@ -330,3 +330,50 @@ def popularity_group_ids(counts: ArrayLike, n_groups: int = 8) -> list[np.ndarra
                          f"got {n_groups}")
     order = items[np.argsort(-c[items], kind="stable")].astype(np.int64)
     return list(np.array_split(order, n_groups))
+
+
+# --------------------------------------------------------------------------------------------
+# Uncertainty of a comparison on the same rows (docs/method.md 8b)
+# --------------------------------------------------------------------------------------------
+
+
+def per_row_gains(ranked: Ranked, targets: Sequence[int], k: int) -> dict[str, np.ndarray]:
+    """Each row's own ``hit@K`` (1[r < K]) and ``ndcg@K`` (1[r < K] / log2(r + 2)): float64 [rows] each; their
+    means are :func:`hit_at_k` and :func:`ndcg_at_k`."""
+    r = _target_ranks(ranked, targets, k)
+    hit = r < k
+    return {f"hit@{k}": hit.astype(np.float64), f"ndcg@{k}": np.where(hit, 1.0 / np.log2(np.where(hit, r, 0) + 2), 0.0)}
+
+
+def paired_difference(a: ArrayLike, b: ArrayLike, resamples: int = 2000, seed: int = 0, level: float = 0.95) -> dict:
+    """The mean of d_u = a_u - b_u over rows u scored by two methods, its percentile bootstrap interval (rows
+    resampled with replacement, ``resamples`` times, seeded) and the two-sided paired randomization p-value
+    (every d_u's sign flipped at random, ``resamples`` times; (1 + #|mean*| >= |mean|) / (1 + resamples)).
+
+    Returns ``{"diff", "lo", "hi", "p"}``. ``a``, ``b``: float [rows], the same rows in the same order.
+    """
+    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    if d.ndim != 1 or d.size == 0:
+        raise ValueError(f"paired_difference needs two equal-length 1-D score arrays, got shapes {np.shape(a)}, {np.shape(b)}")
+    rng = np.random.default_rng(seed)
+    means = d[rng.integers(0, d.size, size=(resamples, d.size))].mean(axis=1)
+    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    flips = rng.choice(np.array([-1.0, 1.0]), size=(resamples, d.size))
+    null = np.abs((flips * d).mean(axis=1))
+    p = (1 + np.sum(null >= abs(d.mean()) - 1e-12)) / (1 + resamples)
+    return {"diff": float(d.mean()), "lo": float(lo), "hi": float(hi), "p": float(p)}
+
+
+T_975 = (12.7062, 4.3027, 3.1824, 2.7764, 2.5706, 2.4469, 2.3646, 2.3060, 2.2622, 2.2281)
+"""Student-t 0.975 quantiles for 1..10 degrees of freedom (beyond: 1.96 + 2.4 / df, within 0.01 of the exact value)."""
+
+
+def seed_interval(values: ArrayLike) -> dict:
+    """Mean and 95% Student-t interval over seeds: ``{"mean", "lo", "hi", "n"}`` (half-width t_{n-1} s / sqrt(n))."""
+    x = np.asarray(values, dtype=np.float64)
+    if x.size < 2:
+        raise ValueError(f"a seed interval needs at least 2 seeds, got {x.size}")
+    df = x.size - 1
+    t = T_975[df - 1] if df <= len(T_975) else 1.96 + 2.4 / df
+    half = float(t * x.std(ddof=1) / math.sqrt(x.size))
+    return {"mean": float(x.mean()), "lo": float(x.mean() - half), "hi": float(x.mean() + half), "n": int(x.size)}

@@ -1,9 +1,10 @@
-"""Prompts, left-padded prompt batches and teacher-forced log-probabilities log pi(a | s).
+"""Prompts, left-padded prompt batches, title tokens and the termination token T: text only.
 
 The state s_t of docs/method.md section 2 is "prompt + the first t title tokens"; the root s_0 is the
 prompt alone. Batches of prompts are padded on the LEFT with an attention mask and position ids
 that count only real tokens, so a prompt gets the same log-probs alone and inside a batch
-(docs/method.md section 8: the reference right-padded with EOS and no mask).
+(docs/method.md section 8: the reference right-padded with EOS and no mask). The forward passes that
+read log pi(a | s) from such batches are in :mod:`flower_lite.rollout`.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+
+from .config import MAX_TITLE_TOKENS
 
 RESPONSE_HEADER = "### Response:\n"
 
@@ -73,89 +76,6 @@ def encode_prompts(tokenizer, prompts: Sequence[str], add_special_tokens: bool =
     """
     rows = [tokenizer(p, add_special_tokens=add_special_tokens)["input_ids"] for p in prompts]
     return left_pad(rows, pad_id(tokenizer))
-
-
-def teacher_forced_logits(
-    model: torch.nn.Module,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    position_ids: torch.Tensor,
-    continuation_ids: torch.Tensor,
-    continuation_mask: torch.Tensor,
-) -> torch.Tensor:
-    """Float32 logits at every state along right-padded continuations: ``[B, T]`` -> ``[B, T + 1, V]``.
-
-    Row t is the distribution after the prompt and ``continuation_ids[:, :t]``. One forward pass;
-    only the T + 1 positions that predict continuation tokens go through the LM head.
-    """
-    cont_mask = continuation_mask.to(device=input_ids.device, dtype=torch.bool)
-    steps = continuation_ids.shape[1]
-    ids = torch.cat([input_ids, continuation_ids.to(input_ids.device)], dim=1)
-    mask = torch.cat([attention_mask, cont_mask.to(attention_mask.dtype)], dim=1)
-    offsets = torch.arange(1, steps + 1, device=input_ids.device)
-    positions = torch.cat([position_ids, position_ids[:, -1:] + offsets], dim=1)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False, logits_to_keep=steps + 1)
-    return out.logits.float()
-
-
-def teacher_forced_log_probs(
-    model: torch.nn.Module,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    position_ids: torch.Tensor,
-    continuation_ids: torch.Tensor,
-    continuation_mask: torch.Tensor,
-    extra_token_id: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """One forward pass over prompt + continuation; per-token log pi under teacher forcing.
-
-    Args:
-        input_ids, attention_mask, position_ids: left-padded prompts, [B, L] (:func:`encode_prompts`).
-        continuation_ids: [B, T] tokens a_0 .. a_{T-1}, right-padded; continuation_mask: [B, T].
-        extra_token_id: a token whose log-prob is wanted at every state, typically the
-            termination token T (EOS).
-
-    Returns:
-        log_pi_action: [B, T], log pi(a_t | s_t) with s_t = prompt + a_<t; 0 where masked.
-        log_pi_extra: [B, T + 1], log pi(extra | s_t) for t = 0 .. T (s_0 = prompt alone);
-            0 for states past the continuation's end; None if ``extra_token_id`` is None.
-
-    Log-softmax is over the full vocabulary, in float32. Only the T + 1 positions that predict
-    continuation tokens go through the LM head (``logits_to_keep``). Gradients flow if enabled.
-    """
-    cont_mask = continuation_mask.to(device=input_ids.device, dtype=torch.bool)
-    cont_ids = continuation_ids.to(input_ids.device).masked_fill(~cont_mask, 0)
-    logits = teacher_forced_logits(model, input_ids, attention_mask, position_ids, cont_ids, cont_mask)
-    return log_probs_along(logits, cont_ids, cont_mask, extra_token_id)
-
-
-def log_probs_along(
-    logits: torch.Tensor, continuation_ids: torch.Tensor, continuation_mask: torch.Tensor, extra_token_id: int | None = None
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """:func:`teacher_forced_log_probs` from the logits ``[B, T + 1, V]`` at the states of the continuations
-    ``[B, T]`` (mask ``[B, T]``): the log-softmax over the vocabulary, in float32."""
-    cont_mask = continuation_mask.to(device=logits.device, dtype=torch.bool)
-    cont_ids = continuation_ids.to(logits.device).masked_fill(~cont_mask, 0)
-    steps = cont_ids.shape[1]
-    logits = logits.float()
-    log_z = logits.logsumexp(-1)  # [B, T + 1]
-    log_pi_action = logits[:, :steps].gather(-1, cont_ids.unsqueeze(-1)).squeeze(-1) - log_z[:, :steps]
-    log_pi_action = log_pi_action.masked_fill(~cont_mask, 0.0)
-    if extra_token_id is None:
-        return log_pi_action, None
-    state_valid = torch.cat([torch.ones_like(cont_mask[:, :1]), cont_mask], dim=1)  # s_0 always exists
-    log_pi_extra = (logits[..., extra_token_id] - log_z).masked_fill(~state_valid, 0.0)
-    return log_pi_action, log_pi_extra
-
-
-def log_probs_at(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """log pi(tokens | state): the full-vocabulary log-softmax of ``logits`` [B, S, V] at ``tokens`` [B, S, C]
-    (e.g. every trie child of each state), float32 [B, S, C]."""
-    logits = logits.float()
-    return logits.gather(-1, tokens.to(logits.device)) - logits.logsumexp(-1, keepdim=True)
-
-
-MAX_TITLE_TOKENS = 64  # docs/method.md section 6: at most 64 new tokens are decoded
 
 
 def encode_titles(tokenizer, titles: Sequence[str], max_tokens: int = MAX_TITLE_TOKENS) -> list[list[int]]:

@@ -59,12 +59,7 @@ class TabularPolicy(nn.Module):
     def state_log_probs(self) -> Tensor:
         """[num_nodes] log P(the policy visits s), pushed down the trie depth by depth."""
         log_edge, _ = self.log_probs()
-        s = self.trie.structure
-        visit = torch.zeros(self.trie.num_nodes, dtype=log_edge.dtype)
-        for d in range(1, len(s.depth_start) - 1):
-            nodes = torch.arange(int(s.depth_start[d]), int(s.depth_start[d + 1]))
-            visit = visit.index_copy(0, nodes, visit[s.parent[nodes]] + log_edge[nodes])
-        return visit
+        return self.trie.path_sums(log_edge)
 
     def outcome_log_probs(self) -> tuple[Tensor, Tensor]:
         """Exact distribution of outcomes: (log P(title) [num_titles], log P(early stop at s) [num_nodes])."""
@@ -112,10 +107,8 @@ def stop_anywhere_optimum(trie: Trie, penalty: float = OFF_ITEM_PENALTY) -> Tabu
     s = trie.structure
     with torch.no_grad():
         log_early = torch.where(policy.can_stop_early, trie.log_flow - trie.log_z + penalty, -math.inf)
-        flow = torch.where(s.token == trie.eos_id, trie.log_flow - trie.log_z, -math.inf).exp() + log_early.exp()
-        for d in range(len(s.depth_start) - 2, 0, -1):
-            nodes = torch.arange(int(s.depth_start[d]), int(s.depth_start[d + 1]))
-            flow = flow.index_add(0, s.parent[nodes], flow[nodes])
+        stop_reward = torch.where(s.token == trie.eos_id, trie.log_flow - trie.log_z, -math.inf).exp() + log_early.exp()
+        flow = trie.subtree_sums(stop_reward)
         policy.edge_logit.copy_(flow.log().clamp_min(-1e4))
         policy.stop_logit.copy_(log_early.clamp_min(-1e4))
         policy.edge_logit[ROOT] = 0.0

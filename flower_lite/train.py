@@ -34,7 +34,7 @@ from .threads import num_threads, threads_for
 from .trie import Trie
 
 __all__ = ["TrainConfig", "FitData", "TrainResult", "Trainer", "TrainingInterrupted", "fit", "lr_lambda",
-           "batch_indices", "load_checkpoint_file"]
+           "batch_indices", "load_checkpoint_file", "trainable_state", "load_trainable"]
 
 RESUME_MAY_CHANGE = {"eval_every", "save_every", "patience"}  # settings a resumed run may change
 
@@ -281,7 +281,7 @@ class Trainer:
             self.tokenizer.save_pretrained(final)
         acc.wait_for_everyone()
         if cfg.select_best and self.best_state is not None:
-            acc.unwrap_model(self.model).load_state_dict(self.best_state, strict=False)
+            load_trainable(acc.unwrap_model(self.model), self.best_state)
         return TrainResult(acc.unwrap_model(self.model), self.history, self.output_dir, self.best_step, stopped)
 
     def _interrupted(self) -> TrainingInterrupted:
@@ -297,10 +297,11 @@ class Trainer:
             return False
         if record["valid_loss"] < self.best_valid:
             self.best_valid, self.bad_evals, self.best_step = record["valid_loss"], 0, self.step
+            best = trainable_state(self.accelerator.unwrap_model(self.model), "cpu")
             if self.config.select_best:
-                self.best_state = {k: v.clone() for k, v in self._trainable_state().items()}
+                self.best_state = best
             if self.output_dir is not None and self.accelerator.is_main_process:
-                _atomic_torch_save(self._trainable_state(), self.output_dir / "best.pt")
+                _atomic_torch_save(best, self.output_dir / "best.pt")
             return False
         self.bad_evals += 1
         return self.config.patience is not None and self.bad_evals >= self.config.patience
@@ -312,16 +313,13 @@ class Trainer:
                 f.write(json.dumps(record) + "\n")
 
     # ------------------------------------------------------------------ checkpoints
-    def _trainable_state(self) -> dict[str, Tensor]:
-        model = self.accelerator.unwrap_model(self.model)
-        return {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad}
-
     def save_checkpoint(self, path: Path) -> None:
         """Atomically write parameters, optimizer, scheduler, log Z and loop state (main process only)."""
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
             state = {
-                "model": self._trainable_state(), "optimizer": self.optimizer.state_dict(),
+                "model": trainable_state(self.accelerator.unwrap_model(self.model), "cpu"),
+                "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "log_z": self.log_z.detach().cpu(),
                 "loop": {"step": self.step, "best_valid": self.best_valid, "bad_evals": self.bad_evals,
                          "best_step": self.best_step, "offline_p": self.schedule.p},
@@ -337,11 +335,10 @@ class Trainer:
         changed = sorted(k for k in saved.keys() | now.keys() if k not in RESUME_MAY_CHANGE and saved.get(k) != now.get(k))
         if changed:
             raise ValueError(f"checkpoint {path} was written with other settings ({', '.join(changed)}); use another output_dir")
-        model = self.accelerator.unwrap_model(self.model)
-        missing = set(state["model"]) - {n for n, _ in model.named_parameters()}
-        if missing:
-            raise ValueError(f"checkpoint {path} does not match the model: unknown parameters {sorted(missing)[:3]}")
-        model.load_state_dict(state["model"], strict=False)
+        try:
+            load_trainable(self.accelerator.unwrap_model(self.model), state["model"])
+        except ValueError as err:
+            raise ValueError(f"checkpoint {path} does not match the model: {err}") from None
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         with torch.no_grad():
@@ -358,6 +355,23 @@ def fit(model, tokenizer, trie: Trie, config: TrainConfig, data: FitData, valid:
     """Train with ``Trainer(...).run()``; keyword arguments go to ``Trainer``."""
     resume = kwargs.pop("resume", True)
     return Trainer(model, tokenizer, trie, config, data, valid, **kwargs).run(resume=resume)
+
+
+def trainable_state(model: torch.nn.Module, device: torch.device | str | None = None) -> dict[str, Tensor]:
+    """A detached copy of every trainable parameter of ``model`` (the bare model, not an ``accelerate`` wrapper),
+    by name, on ``device`` (default: where each one is): what a checkpoint stores and :func:`load_trainable`
+    puts back."""
+    return {n: p.detach().to(device or p.device, copy=True) for n, p in model.named_parameters() if p.requires_grad}
+
+
+def load_trainable(model: torch.nn.Module, state: dict[str, Tensor]) -> None:
+    """Copy ``state`` (parameter name -> tensor, e.g. from :func:`trainable_state`) into ``model``'s parameters, in
+    place and without gradients; parameters it does not name keep their values. ``ValueError`` naming the first
+    unknown names before anything is copied."""
+    unknown = set(state) - {n for n, _ in model.named_parameters()}
+    if unknown:
+        raise ValueError(f"unknown parameters {sorted(unknown)[:3]}")
+    model.load_state_dict(state, strict=False)
 
 
 def load_checkpoint_file(path: str | Path) -> dict:

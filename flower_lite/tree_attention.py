@@ -137,14 +137,26 @@ class TreePass:
 
     def _run(self, h: Tensor, positions: Tensor, allowed: Tensor) -> Tensor:
         """[1, r, H] through every layer; ``allowed`` [r, length] is the mask over all positions so far."""
-        if self.parts.attn_implementation == "sdpa":
-            mask = allowed[None, None]
-        else:  # eager adds the mask to the scores
-            mask = torch.zeros(allowed.shape, dtype=h.dtype, device=h.device).masked_fill(~allowed, torch.finfo(h.dtype).min)[None, None]
-        embeddings = self.parts.rotary(h, positions)
-        for layer in self.layers:
-            h = layer(h, attention_mask=mask, position_ids=positions, cache=self.cache, use_cache=True, position_embeddings=embeddings)
-        return h
+        return run_layers(self.parts, self.layers, h, positions, allowed[None], self.cache)
+
+
+def attention_mask(parts: DecoderParts, allowed: Tensor, dtype: torch.dtype) -> Tensor:
+    """The 4-D mask [B, 1, r, length] the decoder layers take, from ``allowed`` bool [B, r, length] (query i may
+    attend to key j): the boolean itself for ``sdpa``, 0 / the dtype's minimum added to the scores for ``eager``."""
+    if parts.attn_implementation == "sdpa":
+        return allowed[:, None]
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
+
+
+def run_layers(parts: DecoderParts, layers, h: Tensor, positions: Tensor, allowed: Tensor, cache: DynamicCache | None = None) -> Tensor:
+    """``h`` [B, r, H] at RoPE ``positions`` [B, r] through ``layers`` with the mask ``allowed`` bool [B, r, length]
+    (length = r, or r plus what ``cache`` already holds: the keys and values of earlier positions)."""
+    mask = attention_mask(parts, allowed, h.dtype)
+    embeddings = parts.rotary(h, positions)
+    for layer in layers:
+        h = layer(h, attention_mask=mask, position_ids=positions, cache=cache, use_cache=cache is not None,
+                  position_embeddings=embeddings)
+    return h
 
 
 def state_nodes(trie: Trie) -> Tensor:

@@ -79,6 +79,17 @@ class Trajectories:
         return torch.arange(self.tokens.shape[1], device=self.tokens.device)[None, :] < self.lengths[:, None]
 
 
+def segment_log_softmax(values: Tensor, segment: Tensor, num_segments: int) -> Tensor:
+    """log-softmax of ``values`` [E] within each segment (``segment`` [E] in 0..num_segments-1), e.g. the edges
+    of :meth:`Trie.child_edges`: ``log q(a | s) = v(s·a) - log sum_b exp v(s·b)`` over the children b of s.
+
+    Shifted by each segment's max (``scatter_reduce`` "amax"), in the dtype of ``values``; returns [E].
+    """
+    peak = values.new_full((num_segments,), -math.inf).scatter_reduce(0, segment, values, reduce="amax")
+    total = values.new_zeros(num_segments).index_add_(0, segment, (values - peak[segment]).exp())
+    return values - (peak + total.log())[segment]
+
+
 def _check_weights(weights: Sequence[float] | np.ndarray | Tensor, num_items: int) -> Tensor:
     w = torch.as_tensor(np.asarray(weights, dtype=np.float64) if not isinstance(weights, Tensor) else weights)
     w = w.detach().to(dtype=torch.float64, device="cpu")
@@ -208,13 +219,8 @@ class Trie:
 
     def _log_flows(self, weights: Tensor) -> Tensor:
         """log F(s) for every node, summed bottom-up depth by depth (exact up to float64 rounding)."""
-        s = self.structure
-        flow = torch.zeros(self.num_nodes, dtype=torch.float64, device=weights.device)
-        flow.index_add_(0, s.item_terminal, weights)
-        for d in range(len(s.depth_start) - 2, 0, -1):
-            nodes = torch.arange(int(s.depth_start[d]), int(s.depth_start[d + 1]), device=weights.device)
-            flow.index_add_(0, s.parent[nodes], flow[nodes])
-        return flow.log()
+        at_terminal = torch.zeros(self.num_nodes, dtype=torch.float64, device=weights.device)
+        return self.subtree_sums(at_terminal.index_add_(0, self.structure.item_terminal, weights)).log()
 
     # ------------------------------------------------------------------ sizes
     @property
@@ -316,20 +322,32 @@ class Trie:
 
         A state -1 (off the trie) allows nothing.
         """
+        rows, edges = self.child_edges(nodes)
+        mask = torch.zeros(nodes.numel(), vocab_size, dtype=torch.bool, device=rows.device)
+        mask[rows, self.structure.token[edges]] = True
+        return mask
+
+    def child_edges(self, nodes: Tensor) -> tuple[Tensor, Tensor]:
+        """Every child edge of states ``nodes`` [b], flat: (segment [E], edges [E]), E the summed fan-out.
+
+        Edge e leaves state ``nodes[segment[e]]`` into node ``edges[e]`` (its token: ``structure.token[edges[e]]``);
+        edges are grouped by state in order, by token within a state (children are the id range
+        ``child_lo..child_hi``). T's terminal is the child of a complete title; a terminal node and -1 (off the
+        trie) have none. On the trie's device. The padded form is :meth:`children_of`.
+        """
         s = self.structure
         nodes = nodes.to(s.child_lo.device)
         safe = nodes.clamp_min(0)
-        counts = torch.where(nodes >= 0, s.child_hi[safe] - s.child_lo[safe], 0)
-        rows = torch.repeat_interleave(torch.arange(nodes.numel(), device=nodes.device), counts)
-        starts = torch.repeat_interleave(s.child_lo[safe], counts)
-        offsets = torch.arange(rows.numel(), device=nodes.device) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
-        mask = torch.zeros(nodes.numel(), vocab_size, dtype=torch.bool, device=nodes.device)
-        mask[rows, s.token[starts + offsets]] = True
-        return mask
+        lo = s.child_lo[safe]
+        counts = torch.where(nodes >= 0, s.child_hi[safe] - lo, 0)
+        segment = torch.repeat_interleave(counts)
+        first = (counts.cumsum(0) - counts)[segment]  # the flat position of each state's first edge
+        return segment, lo[segment] + torch.arange(segment.numel(), device=nodes.device) - first
 
     def children_of(self, nodes: Tensor) -> tuple[Tensor, Tensor]:
-        """Children of states: nodes [*] -> (child nodes [*, C] padded with -1, mask [*, C]), C the largest
-        fan-out among them; T's terminal is the child of a complete title, -1 (off the trie) has none."""
+        """Children of states: nodes [*] -> (child nodes [*, C] padded with -1, real [*, C]: True on a child), C the
+        largest fan-out among them; T's terminal is the child of a complete title, -1 (off the trie) has none.
+        The flat form is :meth:`child_edges`."""
         s = self.structure
         safe = nodes.clamp_min(0)
         lo = s.child_lo[safe]
@@ -368,6 +386,29 @@ class Trie:
         tokens = s.paths[items, :width].clamp_min(0)
         mask = torch.arange(width, device=tokens.device)[None, :] < lengths[:, None]
         return Trajectories(torch.where(mask, tokens, torch.zeros_like(tokens)), lengths)
+
+    # ------------------------------------------------------------------ sums along the tree
+    def path_sums(self, edge_values: Tensor) -> Tensor:
+        """Sums from the root down: ``edge_values`` [num_nodes] (the value of the edge into each node, unused at
+        the root) -> [num_nodes], the sum over the edges of each node's path (0 at the root); e.g. log P(prefix)
+        from log pi of every edge. Top-down, one depth at a time (``structure.depth_start``: a depth is an id
+        range, parents before children); differentiable."""
+        s = self.structure
+        total = torch.zeros_like(edge_values)
+        for d in range(1, len(s.depth_start) - 1):
+            n = torch.arange(int(s.depth_start[d]), int(s.depth_start[d + 1]), device=edge_values.device)
+            total.index_copy_(0, n, total[s.parent[n]] + edge_values[n])
+        return total
+
+    def subtree_sums(self, node_values: Tensor) -> Tensor:
+        """Sums from the leaves up: ``node_values`` [num_nodes] -> [num_nodes], the sum over each node's subtree
+        (itself included); e.g. the flows F(s) from R(i) at the terminal nodes. Bottom-up, one depth at a time."""
+        s = self.structure
+        total = node_values.clone()
+        for d in range(len(s.depth_start) - 2, 0, -1):
+            n = torch.arange(int(s.depth_start[d]), int(s.depth_start[d + 1]), device=node_values.device)
+            total.index_add_(0, s.parent[n], total[n])
+        return total
 
     # ------------------------------------------------------------------ flows and token rewards
     def log_flows_at(self, nodes: Tensor) -> Tensor:

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from .models import LoraSettings, apply_lora
 from .prompts import encode_prompts
 from .tree_attention import CHUNK_NODES, TreePass, TrunkCache, build_cache, decoder_parts, eval_mode, state_nodes
-from .trie import ROOT, Trajectories, Trie, TrieStructure
+from .trie import ROOT, Trajectories, Trie, segment_log_softmax
 
 
 def freeze_trunk(model: nn.Module, top_layers: int, lora: LoraSettings | None = None) -> nn.Module:
@@ -57,22 +57,6 @@ def freeze_trunk(model: nn.Module, top_layers: int, lora: LoraSettings | None = 
 # --------------------------------------------------------------------------------------------
 # The policy on cached states
 # --------------------------------------------------------------------------------------------
-
-
-def _segment_log_softmax(values: Tensor, segment: Tensor, num_segments: int) -> Tensor:
-    """log-softmax of ``values`` [E] within each segment (``segment`` [E] in 0..num_segments-1)."""
-    peak = values.new_full((num_segments,), -math.inf).scatter_reduce(0, segment, values, reduce="amax")
-    total = values.new_zeros(num_segments).index_add_(0, segment, (values - peak[segment]).exp())
-    return values - (peak + total.log())[segment]
-
-
-def _path_sums(structure: TrieStructure, edge: Tensor) -> Tensor:
-    """[num_nodes] sum of ``edge`` [num_nodes] (the value of the edge into each node) from the root down."""
-    total = torch.zeros_like(edge)
-    for d in range(1, len(structure.depth_start) - 1):  # children have larger ids: one depth at a time
-        n = torch.arange(int(structure.depth_start[d]), int(structure.depth_start[d + 1]), device=edge.device)
-        total[n] = total[structure.parent[n]] + edge[n]
-    return total
 
 
 class CachedTrunkPolicy:
@@ -260,12 +244,10 @@ class CachedTrunkPolicy:
         """The children of states ``nodes`` [b] (node ids [b, C], padded with a real child) and their float32
         logits [b, C] (-inf on padding) from top-layer outputs ``h`` [b, H]: only the LM-head rows of the
         children's tokens, not the whole vocabulary."""
-        s, head = self.trie.structure, self.parts.lm_head
-        lo, count = s.child_lo[nodes], s.child_hi[nodes] - s.child_lo[nodes]
-        offset = torch.arange(int(count.max()), device=self.device)
-        real = offset < count[:, None]
-        children = torch.where(real, lo[:, None] + offset, lo[:, None])
-        child_tokens = s.token[children]
+        head = self.parts.lm_head
+        children, real = self.trie.children_of(nodes)
+        children = torch.where(real, children, children[:, :1])  # a live state's first child is real
+        child_tokens = self.trie.structure.token[children]
         logits = torch.einsum("bh,bch->bc", self.parts.norm(h), head.weight[child_tokens])
         if head.bias is not None:
             logits = logits + head.bias[child_tokens]
@@ -299,12 +281,10 @@ class CachedTrunkPolicy:
         with self._autocast(), eval_mode(self.top):
             for chunk, out in self._state_outputs(prompt):
                 logits = self._head(out)
-                counts = s.child_hi[chunk] - s.child_lo[chunk]
-                seg = torch.repeat_interleave(torch.arange(chunk.numel(), device=self.device), counts)
-                edges = s.child_lo[chunk][seg] + torch.arange(seg.numel(), device=self.device) - (counts.cumsum(0) - counts)[seg]
+                seg, edges = self.trie.child_edges(chunk)
                 values = logits[seg, s.token[edges]].double()
                 edge_pi[edges] = values - logits.logsumexp(-1).double()[seg]
-                edge_q[edges] = _segment_log_softmax(values / temperature, seg, chunk.numel())
+                edge_q[edges] = segment_log_softmax(values / temperature, seg, chunk.numel())
         terminals = self.trie.terminal_nodes
-        p_title = _path_sums(s, edge_pi)[terminals].exp()
-        return p_title, float(1.0 - p_title.sum()), _path_sums(s, edge_q)[terminals].exp()
+        p_title = self.trie.path_sums(edge_pi)[terminals].exp()
+        return p_title, float(1.0 - p_title.sum()), self.trie.path_sums(edge_q)[terminals].exp()

@@ -20,6 +20,7 @@ from flower_lite.data.bigrec import (
     shared_amazon_dir,
     shared_data_dir,
 )
+from flower_lite.data.catalog import ITEMS_FILE
 from flower_lite.data.splits import (
     NextItemData,
     Sample,
@@ -316,12 +317,11 @@ _CACHE: dict[str, NextItemData] = {}
 
 
 @pytest.fixture(scope="module", params=list(PUBLISHED))
-def amazon(request) -> tuple[str, NextItemData]:
-    """Each category loaded once per session (about 1 s for the largest)."""
+def amazon(request, require) -> tuple[str, NextItemData]:
+    """Each category loaded once per session (about 1 s for the largest); skips without the shared data
+    (fails under CI=true)."""
     category = request.param
-    if shared_amazon_dir(category) is None:
-        pytest.skip(f"shared data for {category} not found (expected ../shared/data/amazon/"
-                    f"{category} next to the repository, or set {DATA_ENV})")
+    require.shared(f"amazon/{category}/{ITEMS_FILE}")
     if category not in _CACHE:
         _CACHE[category] = load_amazon(category)
     return category, _CACHE[category]

@@ -18,12 +18,11 @@ The tests of one notebook share its page (class-scoped fixtures) and run in the 
 starting from the state the previous one left. Screenshots of the panel before and after each
 control: ``test-artifacts/browser/<notebook>_<control>_{before,after}.png`` (a failure adds
 ``<notebook>_<control>_failure.png`` of the page). The module skips when Chromium or playwright is
-missing, except when ``CI=true``, where it fails (CI must run it).
+missing, except when ``CI=true``, where it fails (CI must run it): the rule of tests/conftest.py.
 """
 from __future__ import annotations
 
 import math
-import os
 import re
 import sys
 import time
@@ -42,20 +41,12 @@ ENV = {"FLOWER_LITE_QUICK": "1"}
 pytestmark = pytest.mark.slow
 
 
-def require_browser() -> None:
-    missing = lab.missing_requirements()
-    if not missing:
-        return
-    reason = "browser test needs " + "; ".join(missing)
-    if os.environ.get("CI") == "true":
-        pytest.fail(reason + " (CI=true: the browser test must run in CI)")
-    pytest.skip(reason)
-
-
 @pytest.fixture(scope="module")
-def pw():
-    """Playwright, once for the module (each notebook launches its own Chromium)."""
-    require_browser()
+def pw(require):
+    """Playwright, once for the module (each notebook launches its own Chromium); skips without it or
+    without Chromium, fails instead under CI=true (tests/conftest.py)."""
+    missing = lab.missing_requirements()
+    require(not missing, "; ".join(missing))  # each entry says how to get it
     from playwright.sync_api import sync_playwright
 
     start = time.monotonic()

@@ -232,9 +232,8 @@ def test_command_line_writes_a_catalogue(tmp_path, capsys):
 
 
 @pytest.fixture(scope="module")
-def movielens():
-    if importlib.util.find_spec("recbole") is None:
-        pytest.skip("recbole is not installed (pip install --no-deps recbole)")
+def movielens(require):
+    require.movielens()  # the recbole wheel (skips without it, fails under CI=true)
     imported_before = "recbole" in sys.modules
     cat = load_movielens_100k()
     return cat, imported_before
@@ -266,3 +265,21 @@ def test_movielens_without_recbole_says_how_to_install(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ImportError, match="pip install --no-deps recbole"):
         load_movielens_100k()
+
+
+def test_a_missing_requirement_skips_and_fails_under_ci(require, monkeypatch):
+    """The rule of tests/conftest.py: a test whose requirement is missing skips, saying how to get it, and
+    fails instead under CI=true; ``fail_in_ci`` lets a test check a fallback outside CI."""
+    monkeypatch.delenv("CI", raising=False)
+    require(True, "nothing")
+    require.fail_in_ci("a PNG exporter")
+    with pytest.raises(pytest.skip.Exception, match="missing MovieLens: pip install --no-deps recbole"):
+        require(False, "MovieLens", "pip install --no-deps recbole")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="missing MovieLens: pip install --no-deps recbole .CI=true"):
+        require(False, "MovieLens", "pip install --no-deps recbole")
+    with pytest.raises(pytest.fail.Exception, match="missing a PNG exporter"):
+        require.fail_in_ci("a PNG exporter")
+    monkeypatch.setenv("FLOWER_LITE_DATA", "/nonexistent/shared/data")
+    with pytest.raises(pytest.fail.Exception, match="shared data movies_rq1.*must sit beside the repository"):
+        require.shared("movies_rq1")

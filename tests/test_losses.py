@@ -32,7 +32,22 @@ def complete_batch():
     return batch([[1, 2], [1, 2, 3, 6, 7], [5], [1, 4], [5, 5, 5]])
 
 
-def test_sft_tb_db_zero_at_flow_optimum_and_positive_after_perturbation(trie):
+def test_sft_at_flow_optimum_is_the_cross_entropy_of_the_target(trie):
+    # At the flow optimum every complete title x has pi(x) = prod_t pi(a_t | s_t) pi(T | s_k) = R(x) / Z, so
+    # SFT (-mean over the supervised tokens, T included, of log pi) is -sum_x log(R(x) / Z) / (sum_x (|x| + 1)).
+    # The trie pools the two [1, 2] entries: R = 1 + 5; Z = 15.75.
+    tokens, lengths = complete_batch()  # [1, 2], [1, 2, 3, 6, 7], [5], [1, 4], [5, 5, 5]
+    rewards = [1.0 + 5.0, 0.5, 4.0, 3.0, 0.25]
+    z = sum(WEIGHTS)
+    expected = -sum(math.log(r / z) for r in rewards) / (3 + 6 + 2 + 3 + 4)
+    policy = flow_optimum(trie)
+    path, mask = place_stop(*policy.path_log_probs(tokens, lengths), lengths)
+    assert losses.sft_loss(path, mask).item() == pytest.approx(expected, rel=1e-12)
+    # each token's own share: pi(5 | root) = F([5]) / Z = 4.25 / 15.75, pi(T | [5]) = 4 / 4.25
+    assert path[2, :2].exp().tolist() == pytest.approx([4.25 / 15.75, 4.0 / 4.25], rel=1e-12)
+
+
+def test_tb_db_zero_at_flow_optimum_and_positive_after_perturbation(trie):
     tokens, lengths = complete_batch()
     rewards = path_rewards(trie, tokens, lengths)
     log_r = rewards.log_stop_reward.gather(1, lengths[:, None])[:, 0] + trie.log_z  # log R(title)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from flower_lite import losses
 from flower_lite.config import Objective, ToyConfig, TrainConfig
 from flower_lite.objective import PathLogProbs, objective_loss
 from flower_lite.rewards import path_rewards
@@ -117,15 +118,24 @@ def test_tb_outcome_reward_is_relative_to_the_exact_partition(trie):
 
 
 def test_theta_mixes_sft_and_the_gfn_term(trie):
-    traj = trie.title_trajectories(torch.arange(int(trie.terminal_nodes.numel())))
+    """θ L_SFT + (1 - θ) L_GFN with both terms computed apart: SFT by hand on its own targets (the first two
+    titles), SubTB by the loss function on the GFlowNet trajectories (every title)."""
     policy = TabularPolicy(trie, early_stop=True, init_std=0.3, seed=1)
-    paths = PathLogProbs(*policy.path_log_probs(traj.tokens, traj.lengths), traj.lengths)
+    traj = trie.title_trajectories(torch.arange(int(trie.terminal_nodes.numel())))
+    targets = trie.title_trajectories(torch.arange(2))
+    gfn = PathLogProbs(*policy.path_log_probs(traj.tokens, traj.lengths), traj.lengths)
+    sft = PathLogProbs(*policy.path_log_probs(targets.tokens, targets.lengths), targets.lengths)
     rewards = path_rewards(trie, traj.tokens, traj.lengths)
-    _, parts = objective_loss(Objective("subtb", theta=0.25), paths, paths, rewards)
-    mixed, _ = objective_loss(Objective("subtb", theta=0.25), paths, paths, rewards)
-    assert mixed.item() == pytest.approx(0.25 * parts["sft"] + 0.75 * parts["gfn"], rel=1e-12)
-    alone, alone_parts = objective_loss(Objective("subtb"), None, paths, rewards)
-    assert alone.item() == pytest.approx(parts["gfn"], rel=1e-12) and "sft" not in alone_parts
+    values, mask = sft.path()
+    sft_term = -(values * mask).sum() / mask.sum()  # -mean log pi over the targets' tokens and T
+    gfn_term = losses.subtrajectory_balance_loss(gfn.action, gfn.stop, rewards.log_stop_reward, gfn.lengths)
+    assert sft_term.item() > 0 and gfn_term.item() > 0 and abs(sft_term.item() - gfn_term.item()) > 0.1
+    for theta in (0.25, 0.9):
+        mixed, parts = objective_loss(Objective("subtb", theta=theta), sft, gfn, rewards)
+        assert mixed.item() == pytest.approx(theta * sft_term.item() + (1 - theta) * gfn_term.item(), rel=1e-12)
+        assert parts == pytest.approx({"sft": sft_term.item(), "gfn": gfn_term.item()}, rel=1e-12)
+    alone, alone_parts = objective_loss(Objective("subtb"), None, gfn, rewards)
+    assert alone.item() == pytest.approx(gfn_term.item(), rel=1e-12) and "sft" not in alone_parts
 
 
 def test_missing_inputs_are_named(trie):

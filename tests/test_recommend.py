@@ -160,12 +160,37 @@ def test_reward_ranking_is_the_top_k_of_the_reward(setup):
     assert all(len(set(row)) == 10 for row in r.ranked)
 
 
-def test_target_fit_is_a_finite_divergence_and_preference_subsets_match(setup):
+def test_target_fit_is_zero_at_the_target_and_the_kl_of_a_perturbed_policy(setup, monkeypatch):
     sub = rec.preference_rows(setup.sasrec, setup.data, "test", rows=[2, 0])
     whole = rec.preference_rows(setup.sasrec, setup.data, "test")
     torch.testing.assert_close(sub, whole[[2, 0]])
-    fit = rec.target_fit(setup, build_tiny_model(setup.tokenizer, hidden_size=32), rows=2)
-    assert set(fit) == {"kl", "kl_reverse"} and all(np.isfinite(v) and v >= 0 for v in fit.values())
+    untrained = rec.target_fit(setup, build_tiny_model(setup.tokenizer, hidden_size=32), rows=2)
+    assert set(untrained) == {"kl", "kl_reverse"} and all(np.isfinite(v) and v > 0.01 for v in untrained.values())
+    # P_u by hand: R_u(i) of setup.reward on the row's own SASRec preferences, pooled over duplicate titles
+    rows = 3
+    log_r = personalised_log_rewards(whole[:rows], setup.log_p_pop, setup.reward.variant, setup.reward.score_weight)
+    item_title = setup.trie.item_title.numpy()
+    num_titles = int(setup.trie.terminal_nodes.numel())
+    target = np.stack([np.bincount(item_title, weights=np.exp(r - r.max()), minlength=num_titles) for r in log_r.numpy()])
+    target /= target.sum(1, keepdims=True)
+    prompt_row = {prompt: r for r, prompt in enumerate(setup.prompts["test"][:rows])}
+    assert len(prompt_row) == rows
+
+    def fit_of(policy: np.ndarray) -> dict:
+        """target_fit of a policy whose constrained title distribution after row r's prompt is policy[r]."""
+        exact = lambda model, tokenizer, prompt, trie, **_: torch.as_tensor(policy[prompt_row[prompt]])  # noqa: E731
+        monkeypatch.setattr(rec.diagnostics.distributions, "constrained_item_distribution", exact)
+        return rec.target_fit(setup, torch.nn.Linear(1, 1), rows=rows)
+
+    at_target = fit_of(target)
+    assert at_target["kl"] == pytest.approx(0.0, abs=1e-9) and at_target["kl_reverse"] == pytest.approx(0.0, abs=1e-9)
+    q = target * np.exp(np.random.default_rng(0).normal(0.0, 0.5, target.shape))
+    q /= q.sum(1, keepdims=True)
+    off = fit_of(q)
+    kl = lambda a, b: float(np.mean(np.sum(a * np.log(a / b), axis=1)))  # noqa: E731
+    assert off["kl"] == pytest.approx(kl(target, q), rel=1e-6) and off["kl"] > 0.01
+    assert off["kl_reverse"] == pytest.approx(kl(q, target), rel=1e-6) and off["kl_reverse"] > 0.01
+    assert abs(off["kl"] - off["kl_reverse"]) > 1e-4  # the two directions are told apart
 
 
 def test_pop_alpha_flattens_the_popularity_of_the_rewards(setup):

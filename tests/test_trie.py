@@ -243,3 +243,43 @@ def test_token_rewards_below_a_zero_flow_state_are_minus_inf():
     trie = Trie.from_sequences([[1, 2], [3]], [0.0, 1.0], eos_id=EOS)
     rewards = trie.log_token_rewards(torch.tensor([[1, 2, EOS]]))
     assert rewards.tolist() == [[-math.inf, -math.inf, -math.inf]]
+
+
+@settings(max_examples=40, deadline=None)
+@given(catalogues(), st.integers(0, 10_000))
+def test_child_edges_and_tree_sums_equal_naive_loops(cat, seed):
+    """``child_edges``, ``children_of``, ``path_sums``, ``subtree_sums`` and ``segment_log_softmax`` against
+    one Python loop over the nodes each."""
+    seqs, weights = cat
+    trie = Trie.from_sequences(seqs, weights, eos_id=EOS)
+    s, n = trie.structure, trie.num_nodes
+    gen = torch.Generator().manual_seed(seed)
+    nodes = torch.randint(-1, n, (7,), generator=gen)
+    kids = [list(range(int(s.child_lo[v]), int(s.child_hi[v]))) if v >= 0 else [] for v in nodes.tolist()]
+    segment, edges = trie.child_edges(nodes)
+    assert segment.tolist() == [b for b, k in enumerate(kids) for _ in k]
+    assert edges.tolist() == [c for k in kids for c in k]
+    padded, real = trie.children_of(nodes)
+    assert [row[mask].tolist() for row, mask in zip(padded, real)] == kids
+    assert (padded[~real] == -1).all()
+    values = torch.randn(n, generator=gen, dtype=torch.float64)
+    parent = s.parent.tolist()
+    path_sums, subtree_sums = trie.path_sums(values), trie.subtree_sums(values)
+    for v in range(n):
+        on_path = [v] + _ancestors(parent, v)[:-1]  # the nodes whose incoming edge is on the path (not the root)
+        assert math.isclose(float(path_sums[v]), float(values[on_path].sum()) if v else 0.0, abs_tol=1e-12)
+        below = [w for w in range(n) if w == v or v in _ancestors(parent, w)]
+        assert math.isclose(float(subtree_sums[v]), float(values[below].sum()), abs_tol=1e-9)
+    log_q = trie_module.segment_log_softmax(values[edges], segment, nodes.numel())
+    for b, k in enumerate(kids):
+        if k:
+            assert torch.allclose(log_q[segment == b], values[k].log_softmax(0), atol=1e-12)
+
+
+def _ancestors(parent, node):
+    """The proper ancestors of ``node``, up to the root."""
+    out = []
+    while parent[node] >= 0:
+        node = parent[node]
+        out.append(node)
+    return out

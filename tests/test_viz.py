@@ -1,6 +1,7 @@
 """Figures of flower_lite.viz carry the data the math says (flows, token rewards, distributions)."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import subprocess
@@ -179,17 +180,34 @@ def test_html_export_contains_the_figure_data(tmp_path, small_trie):
     assert "plotly.js v" in html and "src=\"https://cdn.plot.ly" not in html  # plotly.js embedded: offline
 
 
-def test_save_png_or_html_fallback(tmp_path):
-    """kaleido needs Chrome: without one, save_png writes HTML instead and warns."""
+def png_exporter() -> str | None:
+    """The Chromium kaleido would drive (its own search: ``$BROWSER_PATH``, PATH, a choreographer download), or
+    None without kaleido or a browser."""
+    try:
+        import kaleido  # noqa: F401
+        from choreographer.browsers.chromium import Chromium
+    except ImportError:
+        return None
+    return Chromium.find_browser(skip_local=False)
+
+
+def test_save_png_or_html_fallback(tmp_path, require):
+    """With kaleido and a Chromium save_png writes a PNG; without one it writes HTML instead and warns (a
+    missing exporter fails under CI=true, which installs Chromium)."""
     fig = go.Figure(go.Bar(y=[1, 2]))
+    exporter = png_exporter()
+    if exporter is None:
+        require.fail_in_ci("a PNG exporter: kaleido and a Chromium", "apt-get install chromium, or set BROWSER_PATH")
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
         out = viz.save_png(fig, tmp_path / "bar.png")
-    assert out.exists()
-    if out.suffix == ".png":
+    failed = [str(w.message) for w in record if "PNG export failed" in str(w.message)]
+    if exporter is not None:
+        assert out == tmp_path / "bar.png" and not failed, failed
         assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     else:
-        assert out.suffix == ".html" and any("PNG export failed" in str(w.message) for w in record)
+        assert out == tmp_path / "bar.html" and failed and not (tmp_path / "bar.png").exists()
+        assert "<html>" in out.read_text() and "plotly" in out.read_text()
 
 
 def test_setup_notebook_rendering(monkeypatch):
@@ -214,9 +232,17 @@ def _execute(nb):
     return nb
 
 
+def notebook_tools(require):
+    """nbformat (nbconvert beside it), installed with the notebooks extra (skips without, fails under CI=true)."""
+    require(all(importlib.util.find_spec(m) for m in ("nbformat", "nbconvert")), "nbformat and nbconvert",
+            "pip install -e '.[notebooks]' (scripts/setup.sh installs it)")
+    import nbformat
+
+    return nbformat
+
+
 def _html_checker():
     """notebooks/conftest.py's check, run by nbmake on every notebook of the test command."""
-    import importlib.util
     spec = importlib.util.spec_from_file_location("notebooks_conftest", REPO / "notebooks" / "conftest.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -224,10 +250,9 @@ def _html_checker():
 
 
 @pytest.mark.slow
-def test_notebook_01_exports_to_html_with_figures(monkeypatch):
+def test_notebook_01_exports_to_html_with_figures(monkeypatch, require):
     """Notebook 01 executed and exported to HTML: the trie icicle and its other figures are in it."""
-    nbformat = pytest.importorskip("nbformat")
-    pytest.importorskip("nbconvert")
+    nbformat = notebook_tools(require)
     monkeypatch.setenv("FLOWER_LITE_QUICK", "1")
     nb = nbformat.read(REPO / "notebooks" / "01_trie_and_flows.ipynb", as_version=4)
     assert all(c.get("outputs", []) == [] for c in nb.cells if c.cell_type == "code"), "commit the notebook clean"
@@ -237,11 +262,10 @@ def test_notebook_01_exports_to_html_with_figures(monkeypatch):
     assert '"type":"icicle"' in html and "Title trie" in html
 
 
-def test_html_check_catches_a_figure_without_its_html(tmp_path, monkeypatch):
+def test_html_check_catches_a_figure_without_its_html(tmp_path, monkeypatch, require):
     """The export check that nbmake runs fails when a figure reaches the notebook only as JSON
     (a renderer without the HTML bundle: JupyterLab draws it, an exported HTML file does not)."""
-    nbformat = pytest.importorskip("nbformat")
-    pytest.importorskip("nbconvert")
+    nbformat = notebook_tools(require)
     checker = _html_checker()
     monkeypatch.setattr(checker, "ARTIFACTS", tmp_path)
     show = ("import plotly.graph_objects as go, plotly.io as pio\n"

@@ -100,10 +100,23 @@ def test_personalisation_and_user_change_the_target(catalog_bits):
 
 
 def test_div_s_variant_blends(catalog_bits):
-    panel = make_panel(catalog_bits, variant="div_s")
-    base = panel.item_target()
-    panel.weight.value = 1.0
-    assert panel.weight.max == 1.0 and not np.allclose(panel.item_target(), base)
+    """log R_u(i) = (1 - w) log p_pop(i) + w log p_pop(i) / s_ui, s_ui = (p_ui - mean_j p_uj) / (max - min) + 1,
+    p_pop(i) ∝ c(i) + 1 (alpha 1, eps 1): the panel's target is R_u / Z_u, pooled over duplicate titles."""
+    catalog, _, _, prefs = catalog_bits
+    panel = make_panel(catalog_bits, variant="div_s", user=2)
+    c = catalog.counts().astype(np.float64) + 1.0
+    log_pop = np.log(c / c.sum())
+    p = prefs[2]
+    s = np.maximum((p - p.mean()) / (p.max() - p.min()) + 1.0, 1e-6)
+    assert panel.weight.max == 1.0
+    for w in (0.0, 0.4, 1.0):
+        panel.weight.value = w
+        log_r = (1 - w) * log_pop + w * log_pop / s
+        expected = np.exp(log_r - log_r.max())
+        expected /= expected.sum()
+        np.testing.assert_allclose(panel.item_target(), expected, rtol=1e-9, atol=1e-15)
+        titles = np.bincount(panel.base_trie.item_title.numpy(), weights=expected)
+        np.testing.assert_allclose(panel.target(), titles, rtol=1e-6, atol=1e-12)
     with pytest.raises(ValueError, match="variant"):
         make_panel(catalog_bits, variant="logp")
 

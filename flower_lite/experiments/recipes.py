@@ -6,18 +6,12 @@ from __future__ import annotations
 
 from ..config import Objective, TrainConfig
 
-RQ1_OBJECTIVES = {
-    o.name: o for o in (
-        Objective("sft"),
-        Objective("subtb", theta=0.995),  # Flower's recipe: the paper's θ
-        Objective("subtb", theta=0.9),
-        Objective("db"),
-    )
-}
-"""The objectives notebook 03 compares, by name."""
-RQ1_DEFAULT = Objective("subtb", theta=0.995)
 FLOWER = Objective("subtb", theta=0.995)
 """Flower's objective for next-item recommendation: SubTB mixed with SFT at the paper's θ."""
+RQ1_DEFAULT = FLOWER
+"""The objective of ``flower-lite fit`` and :func:`rq1_config`: Flower's."""
+RQ1_OBJECTIVES = {o.name: o for o in (Objective("sft"), FLOWER, Objective("subtb", theta=0.9), Objective("db"))}
+"""The objectives notebook 03 compares, by name."""
 
 
 def rq1_config(objective: Objective | str = RQ1_DEFAULT, steps: int = 200, **overrides) -> TrainConfig:
@@ -41,3 +35,10 @@ def rq2_config(steps: int = 600, objective: Objective = FLOWER, **overrides) -> 
     base = dict(lr=1e-2, batch_size=16, max_steps=steps, eval_every=max(1, steps // 6),
                 warmup_steps=min(20, steps // 10), select_best=True)
     return TrainConfig(objective=objective, **{**base, **overrides})
+
+
+def rq2_lm_config(steps: int = 300, objective: Objective = FLOWER, **overrides) -> TrainConfig:
+    """The RQ2 recipe of a pretrained LM on the per-row trunk (LoRA on its top layers): :func:`rq2_config` with
+    learning rate 3e-3 (RQ1's LoRA rate on SmolLM2) and 300 steps of 16 rows; trajectories are the rows' own
+    targets (``offline``), the only ones whose states are stored."""
+    return rq2_config(steps, objective, **{"lr": 3e-3, "trajectories": "offline", **overrides})

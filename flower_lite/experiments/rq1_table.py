@@ -27,7 +27,7 @@ from ..config import Objective, RewardSpec, RQ1Run
 from ..distributions import stop_summary
 from ..prompts import title_trie
 from ..rewards import item_rewards
-from ..train import Trainer
+from ..train import Trainer, load_trainable, trainable_state
 from .recipes import rq1_config
 from .rq1 import RQ1_PROMPT, Target, eval_fn, load_model, load_target, rq1_policy, sft_sample, stop_token
 
@@ -79,17 +79,6 @@ class RQ1Bench:
     seconds_to_prepare: float
 
 
-def _trainable(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {n: p.detach().clone() for n, p in module.named_parameters() if p.requires_grad}
-
-
-def _load(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
-    with torch.no_grad():
-        for n, p in module.named_parameters():
-            if n in state:
-                p.copy_(state[n])
-
-
 def prepare(run: RQ1Run, seed: int = 0) -> RQ1Bench:
     """Load the model, build the trie and the policy (and the trunk's cache), measure the initial stop log-probs."""
     start = time.perf_counter()
@@ -99,14 +88,14 @@ def prepare(run: RQ1Run, seed: int = 0) -> RQ1Bench:
     policy = rq1_policy(run, model, tokenizer, trie)
     stops = stop_summary(trie, policy.stop_log_probs(RQ1_PROMPT, trie))
     data = sft_sample(target, run.sample_size, seed)
-    return RQ1Bench(run, target, tokenizer, trie, policy, _trainable(policy.module), data, stops,
+    return RQ1Bench(run, target, tokenizer, trie, policy, trainable_state(policy.module), data, stops,
                     time.perf_counter() - start)
 
 
 def fit_row(bench: RQ1Bench, row: Row, steps: int, start: dict[str, torch.Tensor], seed: int = 0,
             eval_every: int | None = None, progress: bool = False, **overrides) -> tuple[dict, list[dict]]:
     """Train ``row`` from the trainable weights ``start``; returns (its table row, its evaluation history)."""
-    _load(bench.policy.module, start)
+    load_trainable(bench.policy.module, start)
     t0 = time.perf_counter()
     history: list[dict] = []
     if row.objective is not None:
@@ -143,7 +132,7 @@ def rq1_table(run: RQ1Run, steps: int = 200, seed: int = 0, warm: bool = True, r
         out, histories[row.label] = fit_row(bench, row, steps, bench.initial, seed, progress=progress, **overrides)
         table.append(out)
         if row.name == "sft":
-            sft_state = _trainable(bench.policy.module)
+            sft_state = trainable_state(bench.policy.module)
     if warm and sft_state is not None:
         for row in TABLE_ROWS:
             if row.objective is not None and row.objective.gfn:

@@ -34,11 +34,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ...config import RewardSpec
-from ...data import load_amazon, load_bigrec, load_default_catalog, next_item_data_from_catalog
+from ...config import DecodeSettings, RecommendConfig, RewardSpec  # noqa: F401  (DecodeSettings: re-exported)
+from ...data import load_amazon, load_bigrec, load_default_catalog, load_movielens_100k, next_item_data_from_catalog
 from ...data.splits import NextItemData, Split
 from ...models import make_tiny_model
-from ...prompts import MAX_TITLE_TOKENS, build_prompt, title_trie
+from ...prompts import build_prompt, title_trie
 from ...rewards import item_log_rewards, item_rewards
 from ...sasrec import SASRecConfig, train_sasrec
 from ...threads import num_threads
@@ -58,44 +58,6 @@ CATEGORY_NOUNS = {
     "synthetic": ("movies", "movie"),
 }
 """(plural, singular) nouns of the data sets' categories."""
-
-
-# ---------------------------------------------------------------------------- configuration
-@dataclass
-class DecodeSettings:
-    """Trie-constrained beam search (docs/method.md 6): BIGRec uses length_penalty 1.0, D3 0.0."""
-
-    num_beams: int = 10
-    num_return: int = 10
-    length_penalty: float = 1.0
-    temperature: float = 1.0
-    batch_size: int = 16
-    max_new_tokens: int | None = None  # None: the trie's longest path (title + T)
-
-
-@dataclass
-class RecommendConfig:
-    """Settings shared by every method of one comparison.
-
-    ``ks``: the K of hit@K / ndcg@K; when max(ks) > 10 the beam search keeps max(ks) beams and
-    returns as many titles (the paper's @20). ``n_groups``: popularity groups of DGU / MGU.
-    ``max_title_tokens``: the longest title path (title tokens + T) the trie accepts (a small tokenizer
-    may need more than 64). ``num_threads``: torch CPU threads while training and decoding (restored
-    afterwards); None keeps the current setting.
-    """
-
-    category: str = "movies"
-    singular: str | None = None
-    ks: tuple[int, ...] = (1, 3, 5, 10)
-    n_groups: int = 8
-    decode_batch_size: int = 16
-    max_title_tokens: int = MAX_TITLE_TOKENS
-    num_threads: int | None = None
-
-    def decode_settings(self, **overrides) -> DecodeSettings:
-        """Beam-search settings of this comparison: 10 beams / 10 returned, or max(ks) if larger."""
-        k = max(10, max(self.ks))
-        return replace(DecodeSettings(num_beams=k, num_return=k, batch_size=self.decode_batch_size), **overrides)
 
 
 @dataclass
@@ -207,12 +169,13 @@ def reward_fn(setup: RecSetup, reward: RewardSpec | None = None) -> Callable[[np
 def prepare(data: NextItemData, tokenizer, sasrec=None, config: RecommendConfig | None = None,
             reward: RewardSpec | None = None) -> RecSetup:
     """Build the shared pieces: prompts of every split, item-level popularity, the title trie of every
-    catalogue item (T = EOS, weights R(i) = (c(i) + pop_eps) ** pop_alpha of ``reward``) and, with
+    catalogue item (T = ``config.stop``, weights R(i) = (c(i) + pop_eps) ** pop_alpha of ``reward``) and, with
     ``sasrec``, the train and valid preference rows stacked in one table (train first)."""
     config, reward = config or RecommendConfig(), reward or RewardSpec()
     counts = data.train_history_counts()
     prompts = {s: history_prompts(data, s, config.category, config.singular) for s in ("train", "valid", "test")}
-    trie = title_trie(tokenizer, data.titles, item_rewards(replace(reward, reversed=False), counts), config.max_title_tokens)
+    trie = title_trie(tokenizer, data.titles, item_rewards(replace(reward, reversed=False), counts), config.max_title_tokens,
+                      config.stop)
     setup = RecSetup(data, tokenizer, trie, config, reward, prompts, counts, sasrec)
     if sasrec is not None:
         with num_threads(config.num_threads):
@@ -228,11 +191,13 @@ def rq2_data(data: str = "default") -> tuple[NextItemData, str, str, int]:
     the three split CSVs, :func:`~flower_lite.data.load_bigrec`); ``vocab_size`` is the tiny tokenizer's."""
     if data == "default":
         return next_item_data_from_catalog(load_default_catalog()), *CATEGORY_NOUNS["synthetic"], 512
+    if data == "movielens":
+        return next_item_data_from_catalog(load_movielens_100k()), *CATEGORY_NOUNS["synthetic"], 2048
     if data in CATEGORY_NOUNS:
         return load_amazon(data), *CATEGORY_NOUNS[data], 2048
     if Path(data).expanduser().is_dir():
         return load_bigrec(Path(data).expanduser()), "items", "item", 2048
-    raise ValueError(f"unknown data set {data!r}: expected default, {', '.join(c for c in CATEGORY_NOUNS if c != 'synthetic')} "
+    raise ValueError(f"unknown data set {data!r}: expected default, movielens, {', '.join(c for c in CATEGORY_NOUNS if c != 'synthetic')} "
                      "or a folder in the BIGRec layout (items.tsv, train/valid/test.csv)")
 
 
@@ -245,7 +210,7 @@ def rq2_setup(data: str = "default", train_rows: int | None = None, valid_rows: 
               test_rows: int | None = 128, seed: int = 0, sasrec_config: SASRecConfig | None = None,
               policy: Callable[[list[str], int], tuple] | None = None, threads: int | None = 1,
               reward: RewardSpec | None = None, decode_batch_size: int = 16, prompt_texts: int = 200,
-              progress: bool = False) -> tuple[RecSetup, Callable[[], torch.nn.Module], list[dict]]:
+              progress: bool = False, stop: str = "eos") -> tuple[RecSetup, Callable[[], torch.nn.Module], list[dict]]:
     """The shared construction of an RQ2 comparison (notebooks 04 and 05, ``flower-lite compare``, the tests,
     ``bench/memory_cpu.py``, ``results/target_fit.py``).
 
@@ -254,7 +219,7 @@ def rq2_setup(data: str = "default", train_rows: int | None = None, valid_rows: 
     ``max_epochs=0`` keeps it untrained), then keeps seeded subsets of ``valid_rows`` / ``test_rows`` rows
     for the LLM methods. ``policy(texts, vocab_size) -> (model, tokenizer)`` builds the initial policy
     (default :func:`tiny_policy`); ``texts`` are the titles and the first ``prompt_texts`` train prompts.
-    ``progress`` shows the default SASRec's training bar. Returns ``(setup, new_model, sasrec_log)``:
+    ``progress`` shows the default SASRec's training bar; ``stop`` is the trie's T. Returns ``(setup, new_model, sasrec_log)``:
     ``new_model()`` is a fresh copy of the same initial weights on every call.
     """
     full, plural, singular, vocab = rq2_data(data)
@@ -265,6 +230,7 @@ def rq2_setup(data: str = "default", train_rows: int | None = None, valid_rows: 
     kept = subsample(full, valid_rows=valid_rows, test_rows=test_rows, seed=seed)
     texts = kept.titles + history_prompts(kept, "train", plural, singular)[:prompt_texts]
     base, tok = (policy or tiny_policy(seed))(texts, vocab)
-    config = RecommendConfig(category=plural, singular=singular, num_threads=threads, decode_batch_size=decode_batch_size)
+    config = RecommendConfig(category=plural, singular=singular, num_threads=threads, decode_batch_size=decode_batch_size,
+                             stop=stop)
     setup = prepare(kept, tok, sasrec_model.cpu(), config, reward)
     return setup, lambda: copy.deepcopy(base), sasrec_log

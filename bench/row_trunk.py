@@ -1,0 +1,117 @@
+"""Next-item recommendation with a real LM on a CPU (RQ2): the per-row frozen trunk and the prefill-once beam search.
+
+Measured side by side in one run, on SmolLM2-135M-Instruct and real next-item rows (MovieLens-100k from the
+``recbole`` wheel, or ``--data Movies_and_TV`` from the shared data folder), T = newline, LoRA r = 16 on the top
+2 layers:
+
+* the stored lower-layer states of ``--rows`` train rows (``row_trunk.row_states``): tokens per second;
+* a training step of 16 rows (``Trainer.train_step``: SFT, and flow distillation, the costliest objective: the
+  full-vocabulary log-softmax at every state and every child) on the per-row trunk against the same step
+  through the whole model (``rollout.LMPolicy`` with the same LoRA adapters, lower layers frozen): the ratio;
+* constrained beam search (10 beams, 10 returned, batches of 8) over the whole catalogue trie:
+  ``beam_search.recommend`` (one prompt pass, only the trie's children scored, finished rows leave the batch)
+  against ``decoding.recommend`` (``generate``) on the same test rows: seconds per row, the ratio, and
+  whether the rankings are equal.
+
+Goals (the RQ2 issue): states >= 1,000 tokens/s on 2 cores; a step of 16 rows <= 0.5 s; beam search <= 0.5 s per
+row and >= 5x ``decoding.recommend``.
+
+Usage: python bench/row_trunk.py [--data movielens] [--rows 256] [--steps 5] [--decode-rows 16]   (alone on the
+machine: a second CPU job voids the timings). ``--smoke``: the tiny offline Qwen2 on the synthetic default data,
+32 rows, 2 steps, 4 decoded rows: seconds, no SmolLM2 needed (its figures mean nothing).
+The last line is machine-readable JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+from flower_lite import decoding
+from flower_lite.config import Objective, RQ2Run
+from flower_lite.experiments.rq2.lm import run_config, run_setup
+from flower_lite.experiments.rq2.setup import reward_fn
+from flower_lite.models import find_smollm2_gguf
+from flower_lite.rollout import LMPolicy
+from flower_lite.row_trunk import row_states, trie_rows
+from flower_lite.train import Trainer
+
+SMOKE = {"rows": 32, "steps": 2, "decode_rows": 4}
+
+
+def step_seconds(policy, setup, objective: Objective, steps: int) -> float:
+    """Median seconds of ``steps`` training steps of 16 rows (after one warm-up step)."""
+    cfg = run_config(RQ2Run(model="smollm2"), steps=steps + 1, objective=objective, batch_size=16)
+    trainer = Trainer(policy, setup.tokenizer, setup.trie, cfg, setup.fit_data("train"), None,
+                      log_rewards_fn=reward_fn(setup) if objective.gfn else None, progress=False)
+    trainer.train_step()
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        trainer.train_step()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", default="movielens")
+    parser.add_argument("--rows", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--decode-rows", type=int, default=16)
+    parser.add_argument("--smoke", action="store_true", help="tiny model, a few rows: seconds")
+    args = parser.parse_args()
+    if args.smoke:
+        for k, v in SMOKE.items():
+            setattr(args, k, v)
+    smollm2 = not args.smoke and find_smollm2_gguf() is not None
+    run = RQ2Run(data=args.data if smollm2 else "default", model="smollm2" if smollm2 else "tiny", train_rows=args.rows,
+                 valid_rows=8, test_rows=args.decode_rows, trunk_layers=2, lora_rank=16, stop="newline" if smollm2 else "eos",
+                 threads=None, cache_dir=None)
+    setup, new_policy, _ = run_setup(run)
+    policy = new_policy()
+    base = policy.module
+    # the stored states, timed on their own (no folder: computed, not read back)
+    rows = trie_rows(setup.tokenizer, setup.prompts["train"], setup.data.train.target, setup.trie)
+    tokens = sum(len(r) for r in rows)
+    t0 = time.perf_counter()
+    row_states(base, rows, policy.split)
+    states_s = time.perf_counter() - t0
+    out = {"bench": "row_trunk", "smoke": args.smoke, "model": run.model, "data": run.data, "rows": len(rows),
+           "tokens": tokens, "states_s": states_s, "states_tokens_per_s": tokens / states_s}
+    for objective in (Objective("sft"), Objective("distill")):
+        cached = step_seconds(new_policy(), setup, objective, args.steps)
+        whole = new_policy()  # the same frozen lower layers and LoRA adapters, run as one model
+        full = step_seconds(LMPolicy(whole.module, setup.tokenizer), setup, objective, args.steps)
+        out[f"{objective.loss}_step_s"] = cached
+        out[f"{objective.loss}_full_step_s"] = full
+        out[f"{objective.loss}_step_ratio"] = full / cached
+        print(f"{objective.loss}: step of 16 rows {cached:.3f} s on the per-row trunk, {full:.3f} s through the whole "
+              f"model ({full / cached:.1f}x)", flush=True)
+    model = policy.module.eval()
+    prompts = setup.prompts["test"][: args.decode_rows]
+    settings = dict(num_beams=10, num_return=10, max_new_tokens=setup.trie.max_path_length, batch_size=8)
+    t0 = time.perf_counter()
+    reference = decoding.recommend(model, setup.tokenizer, prompts, setup.trie, **settings)
+    generate_s = (time.perf_counter() - t0) / len(prompts)
+    out["generate_s_per_row"] = generate_s
+    try:
+        from flower_lite import beam_search
+    except ImportError:
+        beam_search = None
+    if beam_search is not None:
+        t0 = time.perf_counter()
+        ranked = beam_search.recommend(model, setup.tokenizer, prompts, setup.trie, **settings)
+        beam_s = (time.perf_counter() - t0) / len(prompts)
+        out |= {"beam_s_per_row": beam_s, "beam_ratio": generate_s / beam_s, "rankings_equal": ranked == reference}
+    print(f"states: {tokens} tokens in {states_s:.1f} s ({tokens / states_s:.0f} tokens/s); beam search "
+          f"{out.get('beam_s_per_row', float('nan')):.3f} s per row vs generate {generate_s:.3f} s", flush=True)
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    torch.manual_seed(0)
+    main()
