@@ -35,6 +35,8 @@ run target_fit "$PY" results/target_fit.py --steps 300 --seed 0 --out $R/target_
 run target_fit_warm "$PY" results/target_fit.py --steps 300 --seed 0 --warm-start --out $R/target_fit_warm.json
 run rq2_movies "$FL" compare --data Movies_and_TV --steps 300 --train-rows 2000 --test-rows 100 --valid-rows 64 \
     --out $R/rq2_movies.json
+run rq2_smollm2_movielens "$FL" compare --model smollm2 --data movielens --train-rows 600 --valid-rows 48 --test-rows 200 \
+    --steps 100 --threads 1 --objectives distill db:0.995 --out $R/rq2_smollm2_movielens.json
 run rq1_stops_smollm2 "$PY" results/rq1_table.py --model smollm2 --stops --out $R/rq1_stops_smollm2.json
 run rq1_stops_tiny "$PY" results/rq1_table.py --model tiny --stops --out $R/rq1_stops_tiny.json
 run rq1_tiny "$PY" results/rq1_table.py --model tiny --steps 200 --out $R/rq1_tiny.json

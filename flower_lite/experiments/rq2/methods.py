@@ -29,7 +29,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ... import decoding, metrics
+from ... import beam_search, metrics
 from ...config import Objective, RewardSpec, TrainConfig
 from ...data.splits import NextItemData
 from ...sasrec import popularity_recommend
@@ -71,13 +71,24 @@ def decode(model: torch.nn.Module, setup: RecSetup, settings: DecodeSettings | N
            progress: str | None = None) -> list[list[int]]:
     """Trie-constrained beam search on the prompts of ``split``: ranked distinct catalogue items per row
     (``progress``: the label of a progress bar, e.g. the method's name)."""
-    s = settings or setup.config.decode_settings()
+    return decode_many(model, setup, [settings or setup.config.decode_settings()], split, progress)[0]
+
+
+def decode_many(model: torch.nn.Module, setup: RecSetup, settings: Sequence[DecodeSettings], split: str = "test",
+                progress: str | None = None) -> list[list[list[int]]]:
+    """:func:`decode` under several settings that differ only in length penalty and temperature (BIGRec, D3 and
+    SFT at T = 1.5 decode one model): each prompt runs through the model once for all of them
+    (:func:`flower_lite.beam_search.recommend_settings`)."""
+    first = settings[0]
+    if any(replace(s, length_penalty=first.length_penalty, temperature=first.temperature) != first for s in settings):
+        raise ValueError("decode_many shares one prompt pass: the settings may differ in length_penalty and temperature only")
     model.eval()
     with num_threads(setup.config.num_threads):
-        return decoding.recommend(model, setup.tokenizer, setup.prompts[split], setup.trie, num_beams=s.num_beams,
-                                  num_return=s.num_return, length_penalty=s.length_penalty, temperature=s.temperature,
-                                  max_new_tokens=s.max_new_tokens or setup.trie.max_path_length, batch_size=s.batch_size,
-                                  progress=progress)
+        return beam_search.recommend_settings(
+            model, setup.tokenizer, setup.prompts[split], setup.trie,
+            [beam_search.BeamSetting(s.length_penalty, s.temperature) for s in settings], num_beams=first.num_beams,
+            num_return=first.num_return, max_new_tokens=first.max_new_tokens or setup.trie.max_path_length,
+            batch_size=first.batch_size, progress=progress)
 
 
 def train_model(setup: RecSetup, model: torch.nn.Module, train: TrainConfig, reward: RewardSpec | None = None,
@@ -145,6 +156,23 @@ def sasrec(setup: RecSetup, model=None) -> MethodResult:
 def bigrec(setup: RecSetup, model: torch.nn.Module, train: TrainConfig, **kwargs) -> MethodResult:
     """BIGRec: SFT (``train.objective`` replaced by ``sft``), beam search with length_penalty 1.0."""
     return run_method("BIGRec (SFT)", setup, model, replace(train, objective=Objective("sft")), **kwargs)
+
+
+def sft_family(setup: RecSetup, model: torch.nn.Module, train: TrainConfig, temperature: float = SFT_TEMPERATURE,
+               progress: bool = False, output_dir=None) -> dict[str, MethodResult]:
+    """BIGRec (SFT), the SFT model at ``temperature`` (1.5) and D3 (length_penalty 0.0): one SFT training, and
+    one beam search whose prompt passes serve all three decodings (:func:`decode_many`)."""
+    t0 = time.perf_counter()
+    result = train_model(setup, model, replace(train, objective=Objective("sft")), output_dir=output_dir,
+                         progress=progress, name="BIGRec (SFT)")
+    t1 = time.perf_counter()
+    names = ("BIGRec (SFT)", f"SFT T={temperature:g}", "D3")
+    base = setup.config.decode_settings()
+    settings = [base, replace(base, temperature=temperature), replace(base, length_penalty=D3_LENGTH_PENALTY)]
+    lists = decode_many(result.model, setup, settings, progress="decode SFT, T=1.5, D3" if progress else None)
+    seconds = {"train": t1 - t0, "decode": time.perf_counter() - t1}
+    return {name: score(name, setup, ranked, model=result.model, history=result.history, best_step=result.best_step,
+                        seconds=seconds) for name, ranked in zip(names, lists)}
 
 
 def sft_temperature(setup: RecSetup, sft: MethodResult, temperature: float = SFT_TEMPERATURE, progress: bool = False

@@ -1,0 +1,43 @@
+"""RQ2 with SmolLM2 end to end on a few rows: the per-row trunk trains, the prefill-once beam search recommends,
+the table carries the paired differences to BIGRec (SFT). The measured tables are in results/README.md."""
+import math
+
+import pytest
+
+from flower_lite.config import Objective, RQ2Run
+from flower_lite.experiments.rq2 import rq2_table
+from flower_lite.experiments.rq2.lm import run_config, run_setup
+from flower_lite.row_trunk import RowTrunkPolicy
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("smollm2", "movielens")]
+
+RUN = dict(model="smollm2", data="movielens", train_rows=48, valid_rows=8, test_rows=6, threads=1)
+
+
+def test_smollm2_rq2_table_on_a_few_rows(tmp_path):
+    run = RQ2Run(**RUN, cache_dir=str(tmp_path))
+    rows, results = rq2_table(run, run_config(run, steps=4, eval_every=2), progress=False,
+                              methods=["popularity", "BIGRec (SFT)", "D3"], objectives=[Objective("distill")])
+    by = {r["method"]: r for r in rows}
+    assert set(by) == {"popularity", "BIGRec (SFT)", "D3", "Flower (distill)", "R_u ceiling (div_s)"}
+    assert len(results["BIGRec (SFT)"].ranked) == 6
+    for name in ("BIGRec (SFT)", "D3", "Flower (distill)"):
+        assert all(len(r) == 10 and len(set(r)) == 10 for r in results[name].ranked), name
+        assert results[name].history[0]["valid_loss"] > results[name].history[-1]["valid_loss"], name  # it learned
+    assert "d_hit@10" not in by["BIGRec (SFT)"]
+    for name in ("popularity", "D3", "Flower (distill)"):
+        d = by[name]
+        assert d["d_hit@10_lo"] <= d["d_hit@10"] <= d["d_hit@10_hi"] and 0 < d["p_hit@10"] <= 1
+        assert math.isclose(d["d_hit@10"], by[name]["hit@10"] - by["BIGRec (SFT)"]["hit@10"], abs_tol=1e-4)
+    # one folder of stored states serves every method
+    assert len([p for p in tmp_path.iterdir() if p.is_dir()]) == 1
+
+
+def test_every_method_trains_from_the_same_initial_weights_on_shared_states(tmp_path):
+    run = RQ2Run(**RUN, cache_dir=str(tmp_path))
+    setup, new_policy, _ = run_setup(run)
+    a, b = new_policy(), new_policy()
+    assert isinstance(a, RowTrunkPolicy) and a.states is b.states and a.module is not b.module
+    assert a.split == 28 and setup.trie.eos_id == setup.tokenizer.encode("\n", add_special_tokens=False)[0]
+    trainable = [n for n, p in a.module.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n and (".28." in n or ".29." in n) for n in trainable)
