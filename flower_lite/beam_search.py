@@ -21,7 +21,7 @@ How:
 * A row leaves the model batch as soon as transformers would stop it (its cache rows are dropped); the
   batch ends when every row is done.
 
-The rule mirrored: transformers 5 ``GenerationMixin._beam_search`` (helpers ``_get_top_k_continuations``,
+The rule mirrored: transformers 5 ``GenerationMixin._beam_search`` (and ``_get_top_k_continuations``,
 ``_get_running_beams_for_next_iteration``, ``_update_finished_beams``, ``_check_early_stop_heuristic``)
 with ``do_sample=False``, ``num_beams=B``, ``num_return_sequences=B``, ``length_penalty=lp``, one EOS
 token T and ``early_stopping=False``. Per row, every score in float32, the same arithmetic:

@@ -2,10 +2,9 @@
 import numpy as np
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from flower_lite.data import load_default_catalog
-from flower_lite.models import LoraSettings, build_tiny_model, build_tiny_tokenizer
+from flower_lite.models import LoraSettings, build_tiny_tokenizer
 from flower_lite.prompts import encode_prompts, title_trie
 from flower_lite.rollout import teacher_forced
 from flower_lite.row_trunk import RowTrunkPolicy, row_states, top_pass, trie_rows
@@ -26,21 +25,11 @@ def catalogue():
     return tok, trie
 
 
-def tiny(arch: str, tok, layers: int = 4):
-    """A random model with sharpened logits (final norm x 8)."""
-    if arch == "llama":
-        config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
-                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                             tie_word_embeddings=True, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                             attn_implementation="sdpa")
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(1)
-            model = LlamaForCausalLM(config).float().eval()
-    else:
-        model = build_tiny_model(tok, num_layers=layers, attn_implementation=arch.split("-")[1])
-    with torch.no_grad():
-        model.get_decoder().norm.weight.mul_(8.0)
-    return model
+def tiny(arch: str, tok):
+    """The random 4-layer models of the trie-trunk tests (logits sharpened by the final norm x 8)."""
+    from test_trunk import tiny_model
+
+    return tiny_model(arch, tok)
 
 
 def batch_rows(trie, items):
@@ -67,7 +56,7 @@ def policy_and_reference(arch, catalogue, top_layers, lora, tmp_path=None):
     return policy, prompts, traj
 
 
-@pytest.mark.parametrize("arch", ["qwen2-sdpa", "qwen2-eager", "llama"])
+@pytest.mark.parametrize("arch", ["qwen2-sdpa", "qwen2-eager", "llama-sdpa"])
 @pytest.mark.parametrize("top_layers,lora", [(2, False), (1, True), (2, True)])
 def test_row_log_probs_equal_the_full_model_with_different_prompts_in_one_batch(arch, catalogue, top_layers, lora):
     tok, trie = catalogue

@@ -41,3 +41,14 @@ def test_every_method_trains_from_the_same_initial_weights_on_shared_states(tmp_
     assert a.split == 28 and setup.trie.eos_id == setup.tokenizer.encode("\n", add_special_tokens=False)[0]
     trainable = [n for n, p in a.module.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n and (".28." in n or ".29." in n) for n in trainable)
+
+
+def test_every_new_policy_starts_from_the_same_adapters_whatever_ran_before(tmp_path):
+    import torch
+
+    run = RQ2Run(**{**RUN, "model": "tiny", "data": "default", "trunk_layers": 1, "lora_rank": 4}, cache_dir=str(tmp_path))
+    _, new_policy, _ = run_setup(run)
+    first = {n: p.detach().clone() for n, p in new_policy().module.named_parameters() if "lora_A" in n}
+    torch.rand(100)  # the global generator moves on
+    second = {n: p.detach() for n, p in new_policy().module.named_parameters() if "lora_A" in n}
+    assert first and all(torch.equal(first[n], second[n]) for n in first)

@@ -11,9 +11,12 @@ from __future__ import annotations
 import copy
 from typing import Callable
 
+import torch
+
 from ...config import RewardSpec, RQ2Run, TrainConfig
 from ...models import LoraSettings, load_causal_lm, load_smollm2, make_tiny_model
 from ...row_trunk import RowStates, RowTrunkPolicy, row_states, trie_rows
+from ...threads import num_threads
 from ...tree_attention import decoder_parts
 from ..recipes import rq2_config, rq2_lm_config
 from .setup import RecSetup, rq2_setup
@@ -46,16 +49,24 @@ def run_setup(run: RQ2Run, reward: RewardSpec | None = None, progress: bool = Fa
               ) -> tuple[RecSetup, Callable[[], object], list[dict]]:
     """:func:`~.setup.rq2_setup` for ``run``: returns ``(setup, new_policy, sasrec_log)``. ``new_policy()`` is a fresh
     copy of the initial weights on every call: the model itself (``run.top_layers == 0``), or a
-    :class:`~flower_lite.row_trunk.RowTrunkPolicy` whose top layers train on the shared stored states."""
+    :class:`~flower_lite.row_trunk.RowTrunkPolicy` whose top layers train on the shared stored states, its LoRA
+    adapters drawn from ``run.seed`` (the same on every call, whatever ran before)."""
     setup, new_model, log = rq2_setup(run.data, run.train_rows, run.valid_rows, run.test_rows, run.seed,
                                       policy=load_policy(run), threads=run.num_threads, reward=reward,
                                       progress=progress, stop=run.stop_token)
     if run.top_layers == 0:
         return setup, new_model, log
     base = new_model()
-    states = train_states(setup, base, run, progress)
+    with num_threads(run.num_threads):
+        states = train_states(setup, base, run, progress)
     lora = LoraSettings(r=run.rank, alpha=2 * run.rank, dropout=0.0) if run.rank else None
-    return setup, lambda: RowTrunkPolicy(copy.deepcopy(base), setup.tokenizer, setup.trie, states, run.top_layers, lora), log
+
+    def new_policy() -> RowTrunkPolicy:
+        with torch.random.fork_rng(devices=[]):  # peft draws the adapters from the global generator: seed them
+            torch.manual_seed(run.seed)
+            return RowTrunkPolicy(copy.deepcopy(base), setup.tokenizer, setup.trie, states, run.top_layers, lora)
+
+    return setup, new_policy, log
 
 
 def run_config(run: RQ2Run, steps: int | None = None, **overrides) -> TrainConfig:
