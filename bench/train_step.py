@@ -41,12 +41,11 @@ import torch
 
 from flower_lite.config import Objective
 from flower_lite.data import make_synthetic_catalog
+from flower_lite.experiments.recipes import FLOWER
 from flower_lite.models import DTYPES, build_tiny_model, build_tiny_tokenizer, random_qwen2_5_0_5b
 from flower_lite.prompts import build_prompt, title_trie
 from flower_lite.rewards import popularity_rewards
 from flower_lite.train import FitData, TrainConfig, Trainer, batch_indices
-
-FLOWER = Objective("subtb", theta=0.995)
 
 MODES = ("sft", "flower_tf", "flower_op")
 SMOKE = {"items": 200, "hidden_size": 32, "batch": 4, "repeats": 2, "breakdown": True}  # --smoke

@@ -174,15 +174,18 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _objective(text: str) -> Objective:
-    """``db`` (the loss alone) or ``db:0.995`` (θ-mixed with SFT) -> an :class:`Objective`."""
-    loss, _, theta = text.partition(":")
+def _objective(text: str) -> Objective | tuple[Objective, ...]:
+    """``db`` (the loss alone), ``db:0.995`` (θ-mixed with SFT) -> an :class:`Objective`; ``db:0.99,0.995,0.999`` -> one
+    per θ, of which validation keeps one (:func:`~.experiments.rq2.compare.select_on_validation`)."""
+    loss, _, thetas = text.partition(":")
     if loss not in LOSSES or loss == "sft":
-        raise argparse.ArgumentTypeError(f"expected LOSS or LOSS:THETA with LOSS one of {', '.join(LOSSES[1:])}, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected LOSS, LOSS:THETA or LOSS:THETA,THETA,... with LOSS one of "
+                                         f"{', '.join(LOSSES[1:])}, got {text!r}")
     try:
-        return Objective(loss, theta=float(theta) if theta else 0.0)
+        grid = tuple(Objective(loss, theta=float(t)) for t in thetas.split(",")) if thetas else (Objective(loss),)
     except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err))
+        raise argparse.ArgumentTypeError(f"{text!r}: {err}")
+    return grid[0] if len(grid) == 1 else grid
 
 
 def _compare(args: argparse.Namespace) -> int:
@@ -192,6 +195,7 @@ def _compare(args: argparse.Namespace) -> int:
     from .experiments.records import command_line, write_record
     from .experiments.rq2 import rq2_table
     from .experiments.rq2.lm import run_config
+    from .threads import num_threads
 
     started = time.perf_counter()
     run = RQ2Run(**given(args, "run."), seed=args.seed)
@@ -199,14 +203,16 @@ def _compare(args: argparse.Namespace) -> int:
     train = given(args, "train.")
     config = run_config(run, train.pop("max_steps", None), objective=objective, seed=args.seed, **train)
     reward = replace(RewardSpec(), **given(args, "reward."))
-    rows, _ = rq2_table(run, config, reward, methods=args.methods, objectives=args.objectives)
+    with num_threads(run.num_threads):  # the record states the threads the run used
+        rows, _ = rq2_table(run, config, reward, methods=args.methods, objectives=args.objectives)
+        if args.out:
+            write_record(args.out, command_line(PROG, args.argv), rows, started)
     if args.json:
         print(json.dumps(rows, indent=1))
     else:
         print(text_table(rows, RQ2_COLUMNS))
         print(RQ2_LEGEND)
     if args.out:
-        write_record(args.out, command_line(PROG, args.argv), rows, started)
         print(f"rows: {args.out}")
     return 0
 
@@ -269,8 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--methods", nargs="+", default=list(RQ2_METHODS), choices=RQ2_METHODS, metavar="METHOD",
                      help=f"the rows to compute (default: all): {', '.join(RQ2_METHODS)}; a row does not depend on the others")
     cmp.add_argument("--objectives", nargs="+", type=_objective, default=[], metavar="LOSS[:THETA]",
-                     help="more Flower rows, one per objective: distill, db, subtb_exact, tb alone, or θ-mixed with "
-                          "SFT as db:0.995 (default: none)")
+                     help="more Flower rows, one per objective: distill, db, subtb_exact, tb alone, θ-mixed with "
+                          "SFT as db:0.995, or a θ grid db:0.99,0.995,0.999 of which the validation NDCG@10 "
+                          "keeps one (default: none)")
     cmp.add_argument("--seed", type=int, default=0, help="seed of the subsets, SASRec, the tiny model and training (default: 0)")
     cmp.add_argument("--out", default=None, help="write the rows, the command and its environment as a JSON record here")
     cmp.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")

@@ -84,6 +84,29 @@ def _state_logits(model: torch.nn.Module, tokenizer, prompt: str, trie: Trie, ba
         yield nodes, logits[first[nodes].to(device)]
 
 
+def title_log_probs(model: torch.nn.Module, tokenizer, prompt: str, trie: Trie, temperature: float = 1.0,
+                    batch_size: int = 256) -> tuple[Tensor, Tensor]:
+    """Exact title log-probabilities after ``prompt``, with gradients when enabled: (log p_title, the unconstrained
+    model's log-probability of writing each title then T; log q_title, trie-constrained sampling at
+    ``temperature``), float64 ``[num_titles]`` in ``trie.terminal_nodes`` order, on the model's device. Every state's
+    logits come once (``_state_logits``); every edge's log pi and log q are summed top-down (:meth:`Trie.path_sums`).
+    The whole-model twin of :meth:`flower_lite.trunk.CachedTrunkPolicy.title_log_probs`."""
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    trie = trie.to("cpu")
+    s, device = trie.structure, model_device(model)
+    edge_pi = torch.zeros(trie.num_nodes, dtype=torch.float64, device=device)
+    edge_q = torch.zeros_like(edge_pi)
+    for nodes, logits in _state_logits(model, tokenizer, prompt, trie, batch_size):
+        seg, edges = trie.child_edges(nodes)
+        vals = logits[seg.to(device), s.token[edges].to(device)].double()
+        seg_d, edges_d = seg.to(device), edges.to(device)
+        edge_pi = edge_pi.index_put((edges_d,), vals - logits.logsumexp(-1).double()[seg_d])
+        edge_q = edge_q.index_put((edges_d,), segment_log_softmax(vals / temperature, seg_d, nodes.numel()))
+    terminals = trie.terminal_nodes.to(device)
+    return trie.to(device).path_sums(edge_pi)[terminals], trie.to(device).path_sums(edge_q)[terminals]
+
+
 @model_threads
 @torch.no_grad()
 def constrained_item_distribution(

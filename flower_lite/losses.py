@@ -170,3 +170,69 @@ def theta_mix(sft: Tensor, gfn: Tensor, theta: float) -> Tensor:
     if not 0.0 <= theta <= 1.0:
         raise ValueError(f"theta must be in [0, 1], got {theta}")
     return theta * sft + (1.0 - theta) * gfn
+
+
+# ---------------------------------------------------------------------------- preference alignment (RQ3)
+# Sequence-level log-probabilities of whole titles (title tokens and T): the policy's ``log_pi_*`` and the reference's
+# ``ref_*``, stored once per pair. Every loss is written through the implicit reward r = log pi(y | x) - log pi_ref(y | x).
+
+
+def implicit_reward(log_pi: Tensor, ref: Tensor) -> Tensor:
+    """r = log pi(y | x) - log pi_ref(y | x), elementwise (the reference is a constant: no gradient)."""
+    return log_pi - ref.detach()
+
+
+def dpo_loss(log_pi_chosen: Tensor, log_pi_rejected: Tensor, ref_chosen: Tensor, ref_rejected: Tensor,
+             beta: float = 0.1, label_smoothing: float = 0.0) -> Tensor:
+    """DPO (Rafailov et al. 2023): mean over pairs of -log σ(β (r_c - r_r)), all inputs [batch].
+
+    ``label_smoothing`` ε (conservative DPO) treats a pair as flipped with probability ε:
+    -(1 - ε) log σ(m) - ε log σ(-m) with m = β (r_c - r_r). Equals log 2 when the policy is the reference.
+    """
+    if not 0.0 <= label_smoothing < 0.5:
+        raise ValueError(f"label_smoothing must be in [0, 0.5), got {label_smoothing}")
+    m = beta * (implicit_reward(log_pi_chosen, ref_chosen) - implicit_reward(log_pi_rejected, ref_rejected))
+    logsig = torch.nn.functional.logsigmoid
+    return (-(1.0 - label_smoothing) * logsig(m) - label_smoothing * logsig(-m)).mean()
+
+
+def softmax_dpo_loss(log_pi_chosen: Tensor, log_pi_rejected: Tensor, ref_chosen: Tensor, ref_rejected: Tensor,
+                     beta: float = 0.1, rejected_mask: Tensor | None = None) -> Tensor:
+    """S-DPO (Chen et al. 2024), k rejected titles per chosen one: mean over rows of
+    -log σ(-log Σ_k exp(β (r_k - r_c))).
+
+    ``*_chosen`` [batch], ``*_rejected`` [batch, k]; ``rejected_mask`` [batch, k] (default all) drops padded
+    rejected titles. k = 1 is :func:`dpo_loss`; at the reference the value is log(1 + k).
+    """
+    r_c = implicit_reward(log_pi_chosen, ref_chosen)
+    margins = beta * (implicit_reward(log_pi_rejected, ref_rejected) - r_c[:, None])
+    if rejected_mask is not None:
+        margins = margins.masked_fill(~rejected_mask.bool(), float("-inf"))
+    return -torch.nn.functional.logsigmoid(-torch.logsumexp(margins, dim=1)).mean()
+
+
+def summed_margins_dpo_loss(log_pi_chosen: Tensor, log_pi_rejected: Tensor, ref_chosen: Tensor, ref_rejected: Tensor,
+                            beta: float = 0.1, rejected_mask: Tensor | None = None) -> Tensor:
+    """"DMPO" as the authors coded it: -log σ(-β Σ_k (r_k - r_c)), the k margins summed inside one sigmoid
+    (not DMPO's published objective). Shapes as :func:`softmax_dpo_loss`; k = 1 is DPO, log 2 at the reference."""
+    r_c = implicit_reward(log_pi_chosen, ref_chosen)
+    margins = implicit_reward(log_pi_rejected, ref_rejected) - r_c[:, None]
+    if rejected_mask is not None:
+        margins = margins * rejected_mask.to(margins.dtype)
+    return -torch.nn.functional.logsigmoid(-beta * margins.sum(dim=1)).mean()
+
+
+def rloo_loss(log_pi: Tensor, reward: Tensor, ref: Tensor, kl_coef: float = 0.05) -> Tensor:
+    """REINFORCE leave-one-out (Ahmadian et al. 2024) on n sampled titles per prompt, with a KL penalty to the reference.
+
+    ``log_pi``, ``reward``, ``ref`` [batch, n >= 2]: the policy's log-probability of each sample (with gradient),
+    its task reward and the reference's log-probability. The penalised reward R_i = reward_i - kl_coef (log pi_i -
+    log ref_i) is a constant; each sample's advantage is R_i minus the mean of the other n - 1 samples' R, and the
+    loss is -mean(A_i log pi_i). No value network: the other samples are the baseline (unbiased).
+    """
+    n = log_pi.shape[1]
+    if n < 2:
+        raise ValueError(f"rloo_loss needs n >= 2 samples per prompt for its leave-one-out baseline, got {n}")
+    penalised = (reward - kl_coef * (log_pi - ref)).detach()
+    advantage = penalised - (penalised.sum(dim=1, keepdim=True) - penalised) / (n - 1)
+    return -(advantage * log_pi).mean()

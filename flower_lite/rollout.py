@@ -280,6 +280,13 @@ class LMPolicy:
 
         return stop_log_probs(self.module, self.tokenizer, prompt, trie)
 
+    def title_log_probs(self, prompt: str, trie: Trie, temperature: float = 1.0) -> tuple[Tensor, Tensor]:
+        """(log p_title, log q_title) after ``prompt``, exact, with gradients when enabled
+        (:func:`flower_lite.distributions.title_log_probs`)."""
+        from .distributions import title_log_probs
+
+        return title_log_probs(self.forward_module, self.tokenizer, prompt, trie, temperature)
+
     @torch.no_grad()
     def item_distributions(self, prompt: str, trie: Trie, batch_size: int = 256) -> tuple[Tensor, float, Tensor]:
         """(P(title) of the unconstrained model [num_titles], its invalid mass, P(title) of trie-constrained

@@ -265,15 +265,11 @@ class CachedTrunkPolicy:
                 out[chunk.cpu()] = (logits[:, self.trie.eos_id] - logits.logsumexp(-1)).cpu()
         return out
 
-    @torch.no_grad()
-    def item_distributions(self, prompt: str, trie: Trie, temperature: float = 1.0) -> tuple[Tensor, float, Tensor]:
-        """Exact title distributions after ``prompt``, from one pass of the top layers over every state.
-
-        Returns (p_title float64 [num_titles]: the unconstrained model's probability of writing each title
-        then T, in ``trie.terminal_nodes`` order; invalid_mass = 1 - p_title.sum(); p_constrained float64
-        [num_titles]: constrained sampling at ``temperature``), as ``distributions.exact_item_distribution`` and
-        ``distributions.constrained_item_distribution``. The top layers run in eval mode (no dropout).
-        """
+    def title_log_probs(self, prompt: str, trie: Trie, temperature: float = 1.0) -> tuple[Tensor, Tensor]:
+        """Exact title log-probabilities after ``prompt``, float64 [num_titles] in ``trie.terminal_nodes`` order, from one
+        pass of the top layers over every state, with gradients when enabled: (log p_title, the unconstrained
+        model's log-probability of writing each title then T; log q_title, trie-constrained sampling at
+        ``temperature``). The top layers run in eval mode (no dropout)."""
         self._check_trie(trie)
         s = self.trie.structure
         edge_pi = torch.zeros(self.trie.num_nodes, dtype=torch.float64, device=self.device)  # log pi(token[n] | parent[n])
@@ -283,8 +279,20 @@ class CachedTrunkPolicy:
                 logits = self._head(out)
                 seg, edges = self.trie.child_edges(chunk)
                 values = logits[seg, s.token[edges]].double()
-                edge_pi[edges] = values - logits.logsumexp(-1).double()[seg]
-                edge_q[edges] = segment_log_softmax(values / temperature, seg, chunk.numel())
+                edge_pi = edge_pi.index_put((edges,), values - logits.logsumexp(-1).double()[seg])
+                edge_q = edge_q.index_put((edges,), segment_log_softmax(values / temperature, seg, chunk.numel()))
         terminals = self.trie.terminal_nodes
-        p_title = self.trie.path_sums(edge_pi)[terminals].exp()
-        return p_title, float(1.0 - p_title.sum()), self.trie.path_sums(edge_q)[terminals].exp()
+        return self.trie.path_sums(edge_pi)[terminals], self.trie.path_sums(edge_q)[terminals]
+
+    @torch.no_grad()
+    def item_distributions(self, prompt: str, trie: Trie, temperature: float = 1.0) -> tuple[Tensor, float, Tensor]:
+        """Exact title distributions after ``prompt`` (:meth:`title_log_probs`, exponentiated).
+
+        Returns (p_title float64 [num_titles]: the unconstrained model's probability of writing each title
+        then T, in ``trie.terminal_nodes`` order; invalid_mass = 1 - p_title.sum(); p_constrained float64
+        [num_titles]: constrained sampling at ``temperature``), as ``distributions.exact_item_distribution`` and
+        ``distributions.constrained_item_distribution``.
+        """
+        log_p, log_q = self.title_log_probs(prompt, trie, temperature)
+        p_title = log_p.exp()
+        return p_title, float(1.0 - p_title.sum()), log_q.exp()

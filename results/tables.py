@@ -60,8 +60,9 @@ def when(*records: dict) -> str:
     env = records[0]["environment"]
     seconds = [r["environment"]["seconds"] for r in records if r["environment"].get("seconds")]
     took = f"; {sum(seconds) / 60:.1f} min in all" if seconds else ""
+    peak = f", peak memory {env['peak_rss_mib'] / 1024:.1f} GiB" if env.get("peak_rss_mib") else ""
     return (f"Measured {env['measured']} (torch {env['torch']}, transformers {env['transformers']}, "
-            f"{env['cpu_capability']}, {env['torch_threads']} thread(s){took}).\n")
+            f"{env['cpu_capability']}, {env['torch_threads']} thread(s){took}{peak}).\n")
 
 
 @dataclass
@@ -93,7 +94,10 @@ def rq2_paired_table(name: str) -> str:
     rows = [[x["method"], *(cell(x[k]) for _, k in RQ2_COLUMNS), paired(x, "hit@10"), paired(x, "ndcg@10")]
             for x in r["rows"]]
     header = ["method", *(c for c, _ in RQ2_COLUMNS), "ΔHR@10 vs SFT [95%], p", "ΔNDCG@10 vs SFT [95%], p"]
-    return commands(r) + "\n" + markdown(header, rows) + "\n" + when(r)
+    chosen = [f"{x['method']}: " + "; ".join(f"{s['objective']} {s['valid_ndcg@10']:.4f}" for s in x["selection"])
+              for x in r["rows"] if "selection" in x]
+    selection = "".join(f"\nValidation NDCG@10 of the θ candidates, {c}.\n" for c in chosen)
+    return commands(r) + "\n" + markdown(header, rows) + "\n" + selection + when(r)
 
 
 def option_change(command: str, base: str) -> str:

@@ -48,6 +48,8 @@ def test_compare_prints_and_writes_the_rq2_table(tmp_path, capsys):
     rows = record["rows"]
     assert record["command"].startswith("flower-lite compare --steps 1 --train-rows 200")
     assert record["environment"]["torch"] and record["environment"]["seconds"] > 0
+    assert record["environment"]["torch_threads"] == 1  # the tiny run's threads, not the default's
+    assert record["environment"]["peak_rss_mib"] > 100
     methods = [r["method"] for r in rows]
     assert methods == ["popularity", "SASRec", "BIGRec (SFT)", "SFT T=1.5", "D3", "IFairLRS", "Flower", "R_u ceiling (div_s)"]
     for r in rows:
@@ -56,3 +58,19 @@ def test_compare_prints_and_writes_the_rq2_table(tmp_path, capsys):
     assert rows[0]["coverage"] == 10  # popularity: the same 10 items for every row
     printed = capsys.readouterr().out
     assert "BIGRec (SFT)" in printed and "NDCG@10" in printed and "lower is fairer" in printed
+
+
+def test_compare_objectives_parse_a_loss_a_mix_and_a_theta_grid():
+    import argparse
+
+    import pytest
+
+    from flower_lite.cli import _objective
+    from flower_lite.config import Objective
+
+    assert _objective("distill") == Objective("distill")
+    assert _objective("db:0.995") == Objective("db", theta=0.995)
+    assert _objective("db:0.99,0.995") == (Objective("db", theta=0.99), Objective("db", theta=0.995))
+    for bad in ("sft", "db:2", "db:x", "nope:0.5"):
+        with pytest.raises(argparse.ArgumentTypeError, match="db|LOSS|theta"):
+            _objective(bad)

@@ -42,3 +42,35 @@ def test_gfn_term_moves_the_policy_toward_the_personalised_target(rq2):
     start, learned, broken = (fit[k]["kl"] for k in ("initial weights", "db", "db, reversed popularity"))
     assert learned < 0.85 * start and broken > start
     assert np.isfinite([v["kl_reverse"] for v in fit.values()]).all()
+
+
+def test_select_on_validation_keeps_the_best_validation_ndcg_and_decodes_only_it(rq2, monkeypatch):
+    """A θ grid of three: the stand-in decoder puts the validation target at rank 5, 0 and 2 for θ = 0.9, 0.99,
+    0.999, so validation keeps θ = 0.99; only that model decodes the test rows, and the row names the grid."""
+    from flower_lite.experiments.rq2 import compare
+    from flower_lite.train import TrainResult
+
+    setup, new_model, _ = rq2
+    grid = [Objective("db", theta=t) for t in (0.9, 0.99, 0.999)]
+    rank = {0.9: 5, 0.99: 0, 0.999: 2}
+    decoded = []
+
+    def fake_train(setup_, model, train, *args, **kwargs):
+        model.theta = train.objective.theta
+        return TrainResult(model=model, history=[{"step": 1}], best_step=1)
+
+    def fake_decode(model, setup_, settings=None, split="test", progress=None):
+        decoded.append((model.theta, split))
+        targets = getattr(setup_.data, split).target
+        others = [i for i in range(setup_.data.num_items) if i not in set(targets.tolist())][:9]
+        return [others[:rank[model.theta]] + [int(t)] + others[rank[model.theta]:] for t in targets]
+
+    monkeypatch.setattr(compare, "train_model", fake_train)
+    monkeypatch.setattr(compare, "decode", fake_decode)
+    result = compare.select_on_validation(setup, new_model, TrainConfig(), grid)
+    assert result.name == "Flower (sft+db θ=0.99, θ on valid of 0.9, 0.99, 0.999)"
+    assert decoded == [(0.9, "valid"), (0.99, "valid"), (0.999, "valid"), (0.99, "test")]
+    assert [s["valid_ndcg@10"] for s in result.history[-1]["selection"]] == pytest.approx([1 / np.log2(7), 1.0, 0.5])
+    assert result.metrics["ndcg@10"] == pytest.approx(1.0)  # the kept model's test lists, scored
+    with pytest.raises(ValueError, match="GFlowNet objectives"):
+        compare.select_on_validation(setup, new_model, TrainConfig(), [Objective("sft")])

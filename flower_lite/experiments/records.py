@@ -25,7 +25,10 @@ def command_line(program: str, argv: list[str]) -> str:
 
 
 def environment(seconds: float | None = None) -> dict:
-    """Versions, CPU capability (torch's SIMD level: float results can differ between levels), threads and date."""
+    """Versions, CPU capability (torch's SIMD level: float results can differ between levels), threads, the
+    process's peak resident memory so far and date."""
+    import resource
+
     import torch
 
     versions = {}
@@ -35,7 +38,8 @@ def environment(seconds: float | None = None) -> dict:
         except metadata.PackageNotFoundError:
             versions[dist] = None
     return {**versions, "cpu_capability": torch.backends.cpu.get_cpu_capability(), "machine": platform.machine(),
-            "torch_threads": torch.get_num_threads(), "seconds": None if seconds is None else round(seconds, 1),
+            "torch_threads": torch.get_num_threads(),
+            "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024), "seconds": None if seconds is None else round(seconds, 1),
             "measured": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
 
 

@@ -9,7 +9,10 @@ learns its reward only if it ends closer to the true target than SFT *and* its c
 * ``subtb, calibrated penalty``: the penalty set to the initial policy's mean log pi(T | incomplete title);
 * ``subtb_exact``: SubTB on the exact flows (Flower's internal stop terms held out of the gradient);
 * ``db``, ``tb`` (learned log Z), ``distill`` (flow distillation: every child of a visited state);
-* with ``warm``: the GFlowNet objectives again, started from the SFT row's weights.
+* with ``warm``: the GFlowNet objectives again, started from the SFT row's weights, and the paper's reward-maximising
+  baselines from the SFT weights (:data:`ALIGN_ROWS`): DPO on the authors' popularity pairs
+  (:func:`~flower_lite.pairs.popularity_pairs`) and REINFORCE leave-one-out on the target probability
+  (:func:`~.rq3.rloo_fit`), each beside its control (the pairs swapped; the reversed popularity's probability).
 
 Every fit is exact: KL(P‖Q) and KL(Q‖P) of the trie-constrained title distribution Q against the true target P,
 its entropy, and how many of P's 10 most popular titles are among Q's 10 most probable ones.
@@ -31,7 +34,7 @@ from ..train import Trainer, load_trainable, trainable_state
 from .recipes import rq1_config
 from .rq1 import RQ1_PROMPT, Target, eval_fn, load_model, load_target, rq1_policy, sft_sample, stop_token
 
-__all__ = ["Row", "GFN_ROWS", "TABLE_ROWS", "RQ1Bench", "prepare", "fit_row", "fit_row_metrics", "rq1_table"]
+__all__ = ["Row", "GFN_ROWS", "TABLE_ROWS", "ALIGN_ROWS", "align_row", "RQ1Bench", "prepare", "fit_row", "fit_row_metrics", "rq1_table"]
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,7 @@ class Row:
     calibrate: bool = False  # penalty := the initial policy's mean log pi(T | incomplete title)
     reversed: bool = False
     warm: bool = False
+    align: str | None = None  # "dpo" | "rloo": a preference / reward-maximising baseline instead of an objective
 
     @property
     def label(self) -> str:
@@ -61,6 +65,11 @@ GFN_ROWS = (
 TABLE_ROWS = (Row("initial", None), Row("sft", Objective("sft"))) + tuple(
     r for row in GFN_ROWS for r in (row, replace(row, reversed=True)))
 """The cold-start rows; :func:`rq1_table` adds the warm ones (the GFlowNet rows from the SFT weights)."""
+ALIGN_ROWS = tuple(r for row in (Row("dpo", None, align="dpo", warm=True), Row("rloo", None, align="rloo", warm=True))
+                   for r in (row, replace(row, reversed=True)))
+"""DPO and the RL baseline from the SFT weights, each beside its broken-reward control."""
+ALIGN_SETTINGS = {"beta": 0.1, "pairs_per_title": 64, "pairs_per_step": 64, "samples": 16, "kl_coef": 0.05}
+"""DPO: β, the authors' pair count (6,400 for 100 titles) and pairs per step; RLOO: samples per step, KL weight."""
 
 
 @dataclass
@@ -98,7 +107,9 @@ def fit_row(bench: RQ1Bench, row: Row, steps: int, start: dict[str, torch.Tensor
     load_trainable(bench.policy.module, start)
     t0 = time.perf_counter()
     history: list[dict] = []
-    if row.objective is not None:
+    if row.align is not None:
+        history = align_row(bench, row, steps, seed, overrides.get("lr", rq1_config(Objective("sft")).lr))
+    elif row.objective is not None:
         objective = row.objective
         if row.calibrate:
             objective = replace(objective, penalty=round(bench.stops["internal_mean"], 2))
@@ -110,6 +121,25 @@ def fit_row(bench: RQ1Bench, row: Row, steps: int, start: dict[str, torch.Tensor
         history = trainer.run().history
     return {"run": row.label, "penalty": objective.penalty if row.objective is not None and row.objective.loss == "subtb" else None,
             **fit_row_metrics(bench), "seconds": round(time.perf_counter() - t0, 1)}, history
+
+
+def align_row(bench: RQ1Bench, row: Row, steps: int, seed: int, lr: float) -> list[dict]:
+    """Train ``row.align`` (``dpo`` or ``rloo``, :data:`ALIGN_SETTINGS`) on the policy in place; its log per step."""
+    from ..pairs import popularity_pairs
+    from .rq3 import rloo_fit, title_preference_fit
+
+    p = bench.trie.title_log_probs().exp()  # the target over titles, in the trie's order
+    settings = ALIGN_SETTINGS
+    if row.align == "rloo":
+        reward = bench.trie.reweight(item_rewards(RewardSpec(variant="logp", pop_eps=0.0, reversed=True),
+                                                  bench.target.counts)).title_log_probs().exp() if row.reversed else p
+        return rloo_fit(bench.policy, bench.trie, RQ1_PROMPT, reward, steps, settings["samples"], settings["kl_coef"], lr, seed)
+    rng = np.random.default_rng(seed)
+    chosen, rejected = popularity_pairs(p.cpu().numpy(), settings["pairs_per_title"] * p.numel(), rng)
+    if row.reversed:
+        chosen, rejected = rejected, chosen
+    return title_preference_fit(bench.policy, bench.trie, RQ1_PROMPT, chosen, rejected, "dpo", settings["beta"], lr, steps,
+                                settings["pairs_per_step"], seed)
 
 
 def fit_row_metrics(bench: RQ1Bench) -> dict:
@@ -140,4 +170,7 @@ def rq1_table(run: RQ1Run, steps: int = 200, seed: int = 0, warm: bool = True, r
                 out, histories[warm_row.label] = fit_row(bench, warm_row, steps, sft_state, seed, progress=progress,
                                                          warmup_steps=0, **overrides)
                 table.append(out)
+        for row in ALIGN_ROWS:
+            out, histories[row.label] = fit_row(bench, row, steps, sft_state, seed, progress=progress, **overrides)
+            table.append(out)
     return table, histories, bench

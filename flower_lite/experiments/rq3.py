@@ -1,0 +1,184 @@
+"""Preference alignment from a reference policy (the paper's RQ3): DPO-style training on stored reference log-probs.
+
+A preference row is a prompt, its chosen title and k rejected titles (:mod:`flower_lite.pairs` draws them). The
+reference's sequence log-probabilities log pi_ref(title + T | prompt) are computed once, when the pairs are built
+(:func:`preference_pairs`), and stored on them; training never runs the reference again. The policy starts from
+the reference's weights (start = reference, as the paper) and minimises one of the preference losses of
+:mod:`flower_lite.losses`:
+
+* ``dpo``: :func:`~flower_lite.losses.dpo_loss` on the first rejected title (RosePO is this loss on
+  :func:`~flower_lite.pairs.popularity_negatives`);
+* ``sdpo``: :func:`~flower_lite.losses.softmax_dpo_loss` over the k rejected titles;
+* ``dmpo_as_coded``: :func:`~flower_lite.losses.summed_margins_dpo_loss` (the authors' DMPO code).
+
+The reward-maximising baseline in the role of the paper's PPO is REINFORCE leave-one-out
+(:func:`~flower_lite.losses.rloo_loss`, :func:`rloo_fit`): n titles sampled per step from the trie-constrained
+policy, each one's advantage its KL-penalised reward minus the mean of the others'. It needs no value network (a
+critic as large as the policy would double the cost on a CPU for a one-step episode) and its baseline is unbiased;
+Ahmadian et al. (2024) report it on par with or above PPO for LLM fine-tuning. With one prompt (RQ1) the
+constrained title distribution is exact (:meth:`~flower_lite.trunk.CachedTrunkPolicy.title_log_probs`), so the
+sampled titles' log-probabilities are exact, and the reference's are computed once.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..losses import dpo_loss, rloo_loss, softmax_dpo_loss, summed_margins_dpo_loss
+from ..train import batch_indices
+from ..trie import Trie
+
+PREFERENCE_LOSSES = ("dpo", "sdpo", "dmpo_as_coded")
+
+
+def sequence_log_probs(policy, trie: Trie, prompts: Sequence[str], items: Sequence[int]) -> Tensor:
+    """log pi(title + T | prompt) of catalogue ``items`` [rows] after ``prompts`` [rows], float32 [rows], with gradients
+    when enabled: one teacher-forced pass of ``policy`` (any policy of the training loop's protocol:
+    :class:`~flower_lite.rollout.LMPolicy`, :class:`~flower_lite.trunk.CachedTrunkPolicy`,
+    :class:`~flower_lite.row_trunk.RowTrunkPolicy` whose stored rows hold these (prompt, title) pairs)."""
+    traj = trie.item_trajectories(torch.as_tensor(np.asarray(items, dtype=np.int64), device=trie.device))
+    log_pi, log_stop = policy.log_probs(policy.prompts(list(prompts)), [traj], trie.eos_id)[0][:2]
+    return log_pi.sum(dim=1) + log_stop.gather(1, traj.lengths.to(log_stop.device)[:, None]).squeeze(1)
+
+
+@dataclass
+class PreferencePairs:
+    """Preference rows and the reference's stored log-probabilities: ``chosen`` [rows] and ``rejected`` [rows, k]
+    item ids after ``prompts``; ``ref_chosen`` [rows] and ``ref_rejected`` [rows, k]: log pi_ref(title + T | prompt),
+    float32, no gradient."""
+
+    prompts: list[str]
+    chosen: np.ndarray
+    rejected: np.ndarray
+    ref_chosen: Tensor
+    ref_rejected: Tensor
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+
+def preference_pairs(reference, trie: Trie, prompts: Sequence[str], chosen: np.ndarray, rejected: np.ndarray,
+                     batch_size: int = 32) -> PreferencePairs:
+    """Pairs of ``prompts``, ``chosen`` [rows] and ``rejected`` [rows] or [rows, k] item ids, with the log-probs of
+    the policy ``reference`` computed here, once, in batches of ``batch_size`` rows."""
+    chosen, rejected = np.asarray(chosen, dtype=np.int64), np.asarray(rejected, dtype=np.int64)
+    rejected = rejected[:, None] if rejected.ndim == 1 else rejected
+    if not len(prompts) == len(chosen) == len(rejected):
+        raise ValueError(f"preference_pairs: {len(prompts)} prompts, {len(chosen)} chosen and {len(rejected)} rejected rows")
+    if (rejected == chosen[:, None]).any():
+        raise ValueError("preference_pairs: a rejected item equals its row's chosen item")
+    k = rejected.shape[1]
+    items = np.concatenate([chosen[:, None], rejected], axis=1).ravel()
+    repeated = [p for p in prompts for _ in range(k + 1)]
+    step = batch_size * (k + 1)
+    with torch.no_grad():
+        ref = torch.cat([sequence_log_probs(reference, trie, repeated[lo:lo + step], items[lo:lo + step]).cpu()
+                         for lo in range(0, len(items), step)]).view(len(prompts), k + 1)
+    return PreferencePairs(list(prompts), chosen, rejected, ref[:, 0].contiguous(), ref[:, 1:].contiguous())
+
+
+def preference_loss(name: str, pi_c: Tensor, pi_r: Tensor, ref_c: Tensor, ref_r: Tensor, beta: float) -> Tensor:
+    """The loss ``name`` (one of :data:`PREFERENCE_LOSSES`) on sequence log-probs: chosen [rows], rejected [rows, k]."""
+    if name == "dpo":
+        return dpo_loss(pi_c, pi_r[:, 0], ref_c, ref_r[:, 0], beta)
+    if name == "sdpo":
+        return softmax_dpo_loss(pi_c, pi_r, ref_c, ref_r, beta)
+    if name == "dmpo_as_coded":
+        return summed_margins_dpo_loss(pi_c, pi_r, ref_c, ref_r, beta)
+    raise ValueError(f"unknown preference loss {name!r}: expected one of {PREFERENCE_LOSSES}")
+
+
+def _check_loss(loss: str) -> None:
+    if loss not in PREFERENCE_LOSSES:
+        raise ValueError(f"unknown preference loss {loss!r}: expected one of {PREFERENCE_LOSSES}")
+
+
+def _step(optimizer, value: Tensor, pi_c: Tensor, pi_r: Tensor, ref_c: Tensor, ref_r: Tensor, step: int) -> dict:
+    """One optimizer step on ``value``; the log entry: the loss and the mean margin r_c - mean_k r_k."""
+    optimizer.zero_grad(set_to_none=True)
+    value.backward()
+    optimizer.step()
+    margin = ((pi_c - ref_c) - (pi_r - ref_r).mean(dim=1)).mean().detach()
+    return {"step": step + 1, "loss": value.detach().item(), "margin": margin.item()}
+
+
+def align(policy, trie: Trie, pairs: PreferencePairs, loss: str = "dpo", beta: float = 0.3, lr: float = 1e-4,
+          steps: int = 100, batch_size: int = 8, seed: int = 0) -> list[dict]:
+    """Train ``policy`` (started from the reference) on ``pairs`` with ``loss``: AdamW on its trainable weights,
+    seeded batches, each step one pass over the batch's chosen and rejected titles. Returns the log per step."""
+    _check_loss(loss)
+    params = [p for p in policy.module.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    k = pairs.rejected.shape[1]
+    policy.module.train()
+    log = []
+    for step in range(steps):
+        rows = batch_indices(len(pairs), batch_size, step, seed)
+        items = np.concatenate([pairs.chosen[rows, None], pairs.rejected[rows]], axis=1).ravel()
+        lp = sequence_log_probs(policy, trie, [pairs.prompts[i] for i in rows for _ in range(k + 1)], items)
+        lp = lp.view(len(rows), k + 1)
+        ref_c, ref_r = pairs.ref_chosen[rows].to(lp.device), pairs.ref_rejected[rows].to(lp.device)
+        value = preference_loss(loss, lp[:, 0], lp[:, 1:], ref_c, ref_r, beta)
+        log.append(_step(optimizer, value, lp[:, 0], lp[:, 1:], ref_c, ref_r, step))
+    policy.module.eval()
+    return log
+
+
+def rloo_fit(policy, trie, prompt: str, rewards: Tensor, steps: int = 100, samples: int = 8, kl_coef: float = 0.05,
+             lr: float = 1e-3, seed: int = 0) -> list[dict]:
+    """Reward maximisation on one prompt (RQ1's RL baseline): ``policy`` (a :class:`~flower_lite.trunk.CachedTrunkPolicy`
+    or :class:`~flower_lite.rollout.LMPolicy` on ``trie``) started from the reference, ``rewards`` [num_titles] each title's
+    reward (RQ1: its target probability). Each step samples ``samples`` titles from the exact trie-constrained
+    distribution and takes one AdamW step on :func:`~flower_lite.losses.rloo_loss`. Returns the log per step: the
+    expected reward Σ q R and KL(q ‖ q_ref) of the distribution the step started from."""
+    if samples < 2:
+        raise ValueError(f"rloo_fit needs samples >= 2 per step (leave-one-out baseline), got {samples}")
+    rewards = torch.as_tensor(rewards, dtype=torch.float64, device=policy.device)
+    if rewards.shape != (int(trie.terminal_nodes.numel()),):
+        raise ValueError(f"rewards: expected one per title ({int(trie.terminal_nodes.numel())}), got {tuple(rewards.shape)}")
+    with torch.no_grad():
+        _, ref = policy.title_log_probs(prompt, trie)  # the reference, once
+    params = [p for p in policy.module.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    log = []
+    for step in range(steps):
+        _, log_q = policy.title_log_probs(prompt, trie)
+        q = log_q.detach().exp()
+        idx = torch.multinomial(q.cpu().float(), samples, replacement=True, generator=generator).to(log_q.device)
+        value = rloo_loss(log_q[idx][None], rewards[idx][None], ref[idx][None], kl_coef)
+        optimizer.zero_grad(set_to_none=True)
+        value.backward()
+        optimizer.step()
+        log.append({"step": step + 1, "expected_reward": float((q * rewards).sum()),
+                    "kl_to_reference": float((q * (log_q.detach() - ref)).sum())})
+    return log
+
+
+def title_preference_fit(policy, trie, prompt: str, chosen: np.ndarray, rejected: np.ndarray, loss: str = "dpo",
+                         beta: float = 0.1, lr: float = 1e-3, steps: int = 100, batch_size: int = 64, seed: int = 0
+                         ) -> list[dict]:
+    """Preference training on one prompt (RQ1's DPO baseline): ``chosen`` [pairs] and ``rejected`` [pairs] or
+    [pairs, k] title indices (``trie.terminal_nodes`` order); ``policy`` a :class:`~flower_lite.trunk.CachedTrunkPolicy`
+    or :class:`~flower_lite.rollout.LMPolicy`. Every step gives every title's exact log pi(title + T | prompt) (one
+    pass of the top layers over the trie on the frozen trunk); the reference's are computed once. Returns the log per step (loss, mean margin)."""
+    _check_loss(loss)
+    chosen = torch.as_tensor(np.asarray(chosen, dtype=np.int64))
+    rejected = torch.as_tensor(np.asarray(rejected, dtype=np.int64))
+    rejected = rejected[:, None] if rejected.ndim == 1 else rejected
+    with torch.no_grad():
+        ref, _ = policy.title_log_probs(prompt, trie)  # the reference, once
+    params = [p for p in policy.module.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    log = []
+    for step in range(steps):
+        rows = torch.as_tensor(batch_indices(len(chosen), batch_size, step, seed))
+        log_p, _ = policy.title_log_probs(prompt, trie)
+        c, r = chosen[rows].to(log_p.device), rejected[rows].to(log_p.device)
+        value = preference_loss(loss, log_p[c], log_p[r], ref[c], ref[r], beta)
+        log.append(_step(optimizer, value, log_p[c], log_p[r], ref[c], ref[r], step))
+    return log

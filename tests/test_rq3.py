@@ -1,0 +1,142 @@
+"""Preference alignment (RQ3) on the tiny model: stored reference log-probs, DPO and S-DPO raise the margin."""
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from flower_lite.experiments import rq3
+from flower_lite.models import make_tiny_model
+from flower_lite.pairs import uniform_negatives
+from flower_lite.prompts import build_prompt, encode_titles, title_trie
+from flower_lite.rollout import LMPolicy
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+TITLES = [f"The {a} {b}" for a in ("Red", "Blue", "Green", "Silent", "Last") for b in ("River", "Night", "King")]
+
+
+@pytest.fixture(scope="module")
+def reference():
+    prompts = [build_prompt("Recommend a movie.", TITLES[i:i + 3], "movies") for i in range(12)]
+    model, tok = make_tiny_model(prompts + TITLES, vocab_size=300, seed=0)
+    return model.eval(), tok, prompts
+
+
+def _pairs(reference, k, seed=0):
+    model, tok, prompts = reference
+    rng = np.random.default_rng(seed)
+    chosen = rng.integers(0, len(TITLES), len(prompts))
+    rejected = uniform_negatives(chosen, len(TITLES), k, rng)
+    return rq3.preference_pairs(LMPolicy(model, tok), _trie(tok), prompts, chosen, rejected, batch_size=5)
+
+
+def _trie(tok):
+    return title_trie(tok, TITLES, [1.0] * len(TITLES))
+
+
+def test_stored_reference_log_probs_are_the_sequence_log_probs(reference):
+    model, tok, prompts = reference
+    pairs = _pairs(reference, k=2)
+    titles = encode_titles(tok, TITLES)
+    for row in (0, 5, 11):  # a naive per-token loop over the full model
+        for item, stored in [(pairs.chosen[row], pairs.ref_chosen[row]), (pairs.rejected[row, 1], pairs.ref_rejected[row, 1])]:
+            ids = tok(prompts[row])["input_ids"]
+            total = 0.0
+            for t in titles[item] + [tok.eos_token_id]:
+                with torch.no_grad():
+                    logits = model(input_ids=torch.tensor([ids])).logits[0, -1].float()
+                total += (logits.log_softmax(-1)[t]).item()
+                ids = ids + [t]
+            assert stored.item() == pytest.approx(total, abs=1e-4)
+    assert not pairs.ref_chosen.requires_grad
+    with pytest.raises(ValueError, match="equals its row's chosen"):
+        rq3.preference_pairs(LMPolicy(model, tok), _trie(tok), prompts[:1], np.array([3]), np.array([[3]]))
+
+
+@pytest.mark.parametrize("loss,k", [("dpo", 1), ("sdpo", 3), ("dmpo_as_coded", 3)])
+def test_alignment_raises_the_margin_and_never_reruns_the_reference(reference, loss, k):
+    model, tok, _ = reference
+    calls = {"reference": 0}
+    hook = model.register_forward_hook(lambda *a: calls.__setitem__("reference", calls["reference"] + 1))
+    try:
+        pairs = _pairs(reference, k)
+        built = calls["reference"]
+        policy = copy.deepcopy(model)  # start = reference
+        policy._forward_hooks.clear()
+        passes = {"policy": 0}
+        policy.register_forward_hook(lambda *a: passes.__setitem__("policy", passes["policy"] + 1))
+        log = rq3.align(LMPolicy(policy, tok), _trie(tok), pairs, loss=loss, beta=0.3, lr=3e-3, steps=30, batch_size=4)
+    finally:
+        hook.remove()
+    assert built > 0 and calls["reference"] == built  # the reference ran only while the pairs were built
+    assert passes["policy"] == 30  # one pass per step: chosen and rejected together
+    assert abs(log[0]["margin"]) < 1e-5  # start = reference
+    assert np.mean([x["margin"] for x in log[-5:]]) > 1.0
+    assert np.mean([x["loss"] for x in log[-5:]]) < log[0]["loss"]
+
+
+def test_unknown_preference_loss_is_named(reference):
+    model, tok, _ = reference
+    with pytest.raises(ValueError, match="unknown preference loss 'ppo'"):
+        rq3.align(LMPolicy(model, tok), _trie(tok), _pairs(reference, 1), loss="ppo", steps=1)
+
+
+def test_rloo_raises_the_expected_reward_with_exact_constrained_log_probs():
+    """RQ1's RL baseline on the tiny trunk policy: the title log-probs it differentiates are the exact constrained
+    distribution; 40 steps raise Σ q R toward the rewarded titles, and the KL penalty keeps q nearer the reference."""
+    from flower_lite.prompts import title_trie
+    from flower_lite.models import build_tiny_tokenizer
+    from flower_lite.trunk import CachedTrunkPolicy
+
+    from test_trunk import tiny_model
+
+    prompt = "Recommend a movie."
+    tok = build_tiny_tokenizer(TITLES + [prompt], vocab_size=300)
+    trie = title_trie(tok, TITLES, [1.0] * len(TITLES))
+    rewards = torch.linspace(0, 1, len(TITLES), dtype=torch.float64) ** 4
+
+    def fit(kl):
+        policy = CachedTrunkPolicy(tiny_model("qwen2-sdpa", tok), tok, trie, top_layers=2)
+        log_p, log_q = policy.title_log_probs(prompt, trie)
+        _, _, q = policy.item_distributions(prompt, trie)
+        assert torch.allclose(log_q.exp(), q) and log_q.requires_grad
+        return rq3.rloo_fit(policy, trie, prompt, rewards, steps=40, samples=8, kl_coef=kl, lr=3e-3)
+
+    free, held = fit(0.0), fit(1.0)
+    assert free[-1]["expected_reward"] > free[0]["expected_reward"] + 0.1
+    assert held[-1]["kl_to_reference"] < free[-1]["kl_to_reference"]
+    with pytest.raises(ValueError, match="samples >= 2"):
+        rq3.rloo_fit(None, trie, prompt, rewards, samples=1)
+
+
+def test_whole_model_title_log_probs_are_the_exact_distributions_with_gradients(reference):
+    from flower_lite.distributions import constrained_item_distribution, exact_item_distribution, title_log_probs
+
+    model, tok, prompts = reference
+    trie = title_trie(tok, TITLES, [1.0] * len(TITLES))
+    log_p, log_q = title_log_probs(model, tok, prompts[0], trie, temperature=1.5, batch_size=4)
+    p, _ = exact_item_distribution(model, tok, prompts[0], trie)
+    q = constrained_item_distribution(model, tok, prompts[0], trie, temperature=1.5)
+    assert torch.allclose(log_p.exp(), p, atol=1e-6) and torch.allclose(log_q.exp(), q, atol=1e-6)
+    log_q[0].backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+    model.zero_grad(set_to_none=True)
+
+
+def test_rq1_dpo_and_rloo_rows_beat_their_broken_reward_controls():
+    """RQ1's reward-maximising baselines on the tiny model (whole-model policy), 60 steps each from the initial
+    weights: DPO on the popularity pairs and RLOO on the target probability end closer to the target in KL(P‖Q)
+    than the same training on the swapped pairs / the reversed popularity."""
+    from flower_lite.config import RQ1Run
+    from flower_lite.experiments.rq1_table import ALIGN_ROWS, fit_row, prepare
+
+    bench = prepare(RQ1Run(model="tiny", titles=40, sample_size=100))
+    kl = {}
+    for row in ALIGN_ROWS:
+        out, history = fit_row(bench, row, 60, bench.initial, lr=3e-3)
+        kl[row.label] = out["kl"]
+        assert len(history) == 60
+    print({k: round(v, 3) for k, v in kl.items()})
+    for name in ("dpo", "rloo"):
+        assert kl[f"{name}, from the SFT weights"] < kl[f"{name}, reversed popularity, from the SFT weights"]
