@@ -4,7 +4,9 @@ Measured side by side in one run, on SmolLM2-135M-Instruct and real next-item ro
 ``recbole`` wheel, or ``--data Movies_and_TV`` from the shared data folder), T = newline, LoRA r = 16 on the top
 2 layers:
 
-* the stored lower-layer states of ``--rows`` train rows (``row_trunk.row_states``): tokens per second;
+* the stored lower-layer states of ``--rows`` train rows (``row_trunk.row_states``): tokens per second, beside
+  this machine's matrix-multiply limit for the same layers (every linear layer below the split run alone on a
+  batch of 4,096 tokens: no attention, norm or activation; what no implementation of the lower layers can beat);
 * a training step of 16 rows (``Trainer.train_step``: SFT, and flow distillation, the costliest objective: the
   full-vocabulary log-softmax at every state and every child) on the per-row trunk against the same step
   through the whole model (``rollout.LMPolicy`` with the same LoRA adapters, lower layers frozen): the ratio;
@@ -38,6 +40,7 @@ from flower_lite.models import find_smollm2_gguf
 from flower_lite.rollout import LMPolicy
 from flower_lite.row_trunk import row_states, trie_rows
 from flower_lite.train import Trainer
+from flower_lite.tree_attention import decoder_parts
 
 SMOKE = {"rows": 32, "steps": 2, "decode_rows": 4}
 
@@ -54,6 +57,22 @@ def step_seconds(policy, setup, objective: Objective, steps: int) -> float:
         trainer.train_step()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def matmul_limit(parts, split: int, tokens: int = 4096, repeats: int = 3) -> float:
+    """Tokens per second of the linear layers of ``parts.layers[:split]`` alone (one [tokens, in] @ [in, out] each,
+    the best of ``repeats``): the matrix-multiply limit of computing the lower layers' outputs on this machine."""
+    linears = [m for layer in parts.layers[:split] for m in layer.modules() if isinstance(m, torch.nn.Linear)]
+    widths = {m.in_features for m in linears}
+    x = {w: torch.randn(tokens, w) for w in widths}
+    best = float("inf")
+    with torch.no_grad():
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            for m in linears:
+                torch.nn.functional.linear(x[m.in_features], m.weight)
+            best = min(best, time.perf_counter() - t0)
+    return tokens / best
 
 
 def main() -> None:
@@ -80,8 +99,10 @@ def main() -> None:
     t0 = time.perf_counter()
     row_states(base, rows, policy.split)
     states_s = time.perf_counter() - t0
+    limit = matmul_limit(decoder_parts(base), policy.split)
     out = {"bench": "row_trunk", "smoke": args.smoke, "model": run.model, "data": run.data, "rows": len(rows),
-           "tokens": tokens, "states_s": states_s, "states_tokens_per_s": tokens / states_s}
+           "tokens": tokens, "states_s": states_s, "states_tokens_per_s": tokens / states_s,
+           "matmul_limit_tokens_per_s": limit, "states_share_of_limit": tokens / states_s / limit}
     for objective in (Objective("sft"), Objective("distill")):
         cached = step_seconds(new_policy(), setup, objective, args.steps)
         whole = new_policy()  # the same frozen lower layers and LoRA adapters, run as one model
@@ -102,7 +123,8 @@ def main() -> None:
     ranked = beam_search.recommend(model, setup.tokenizer, prompts, setup.trie, **settings)
     beam_s = (time.perf_counter() - t0) / len(prompts)
     out |= {"beam_s_per_row": beam_s, "beam_ratio": generate_s / beam_s, "rankings_equal": ranked == reference}
-    print(f"states: {tokens} tokens in {states_s:.1f} s ({tokens / states_s:.0f} tokens/s); beam search "
+    print(f"states: {tokens} tokens in {states_s:.1f} s ({tokens / states_s:.0f} tokens/s; the linear layers alone "
+          f"{limit:.0f} tokens/s, {tokens / states_s / limit:.0%} of it); beam search "
           f"{beam_s:.3f} s per row vs generate {generate_s:.3f} s", flush=True)
     print(json.dumps(out))
 

@@ -194,23 +194,36 @@ def _compare(args: argparse.Namespace) -> int:
     from .experiments.recipes import FLOWER
     from .experiments.records import command_line, write_record
     from .experiments.rq2 import rq2_table
+    from .experiments.rq2.compare import seed_summary
     from .experiments.rq2.lm import run_config
     from .threads import num_threads
 
+    if args.seeds is not None and len(set(args.seeds)) < 2:
+        raise ValueError(f"--seeds needs at least 2 different seeds for an interval, got {args.seeds}")
+    if args.seeds and any(not isinstance(o, Objective) for o in args.objectives):
+        raise ValueError("--seeds takes fixed objectives (db:0.995), not a θ grid: validation may keep another θ per seed")
     started = time.perf_counter()
-    run = RQ2Run(**given(args, "run."), seed=args.seed)
     objective = replace(FLOWER, **given(args, "objective."))
     train = given(args, "train.")
-    config = run_config(run, train.pop("max_steps", None), objective=objective, seed=args.seed, **train)
+    steps = train.pop("max_steps", None)
     reward = replace(RewardSpec(), **given(args, "reward."))
-    with num_threads(run.num_threads):  # the record states the threads the run used
-        rows, _ = rq2_table(run, config, reward, methods=args.methods, objectives=args.objectives)
-        if args.out:
-            write_record(args.out, command_line(PROG, args.argv), rows, started)
+    tables = []
+    for seed in args.seeds or [args.seed]:
+        run = RQ2Run(**given(args, "run."), seed=seed)
+        config = run_config(run, steps, objective=objective, seed=seed, **train)
+        with num_threads(run.num_threads):  # the record states the threads the run used
+            tables.append(rq2_table(run, config, reward, methods=args.methods, objectives=args.objectives)[0])
+    rows = seed_summary(tables) if args.seeds else tables[0]
+    if args.out:
+        with num_threads(run.num_threads):
+            extra = {"per_seed": dict(zip(map(str, args.seeds), tables))} if args.seeds else {}
+            write_record(args.out, command_line(PROG, args.argv), rows, started, **extra)
     if args.json:
         print(json.dumps(rows, indent=1))
     else:
         print(text_table(rows, RQ2_COLUMNS))
+        if args.seeds:
+            print(f"means over seeds {', '.join(map(str, args.seeds))}; intervals in the JSON record / --json")
         print(RQ2_LEGEND)
     if args.out:
         print(f"rows: {args.out}")
@@ -278,7 +291,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="more Flower rows, one per objective: distill, db, subtb_exact, tb alone, θ-mixed with "
                           "SFT as db:0.995, or a θ grid db:0.99,0.995,0.999 of which the validation NDCG@10 "
                           "keeps one (default: none)")
-    cmp.add_argument("--seed", type=int, default=0, help="seed of the subsets, SASRec, the tiny model and training (default: 0)")
+    seeds = cmp.add_mutually_exclusive_group()
+    seeds.add_argument("--seed", type=int, default=0, help="seed of the subsets, SASRec, the tiny model and training (default: 0)")
+    seeds.add_argument("--seeds", type=int, nargs="+", default=None, metavar="SEED",
+                       help="run the comparison once per seed (at least 2) and report each metric's mean and 95%% "
+                            "t-interval over the seeds (fixed objectives: no θ grid)")
     cmp.add_argument("--out", default=None, help="write the rows, the command and its environment as a JSON record here")
     cmp.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
     cmp.set_defaults(func=_compare)

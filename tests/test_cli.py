@@ -74,3 +74,20 @@ def test_compare_objectives_parse_a_loss_a_mix_and_a_theta_grid():
     for bad in ("sft", "db:2", "db:x", "nope:0.5"):
         with pytest.raises(argparse.ArgumentTypeError, match="db|LOSS|theta"):
             _objective(bad)
+
+
+def test_compare_over_seeds_reports_means_and_intervals(tmp_path, capsys):
+    out = tmp_path / "seeds.json"
+    assert main(["compare", "--steps", "1", "--train-rows", "200", "--valid-rows", "4", "--test-rows", "6",
+                 "--methods", "popularity", "BIGRec (SFT)", "--seeds", "0", "1", "--out", str(out)]) == 0
+    record = json.loads(out.read_text())
+    per_seed = record["per_seed"]
+    assert set(per_seed) == {"0", "1"}
+    for row in record["rows"]:
+        values = [next(r for r in per_seed[s] if r["method"] == row["method"])["hit@10"] for s in ("0", "1")]
+        assert row["seeds"] == 2 and abs(row["hit@10"] - sum(values) / 2) < 1e-4
+        assert row["hit@10_lo"] <= row["hit@10"] <= row["hit@10_hi"]
+    assert main(["compare", "--seeds", "3", "3"]) == 2
+    assert "at least 2 different seeds" in capsys.readouterr().err
+    assert main(["compare", "--seeds", "0", "1", "--objectives", "db:0.9,0.99"]) == 2
+    assert "θ grid" in capsys.readouterr().err

@@ -9,7 +9,7 @@ from typing import Callable, Sequence
 import torch
 
 from ...config import RQ2_METHODS, Objective, RewardSpec, RQ2Run, TrainConfig
-from ...metrics import paired_difference, per_row_gains
+from ...metrics import paired_difference, per_row_gains, seed_interval
 from .diagnostics import reward_ranking
 from .lm import run_config, run_setup
 from .methods import MethodResult, decode, flower, ifairlrs, popularity, sasrec, score, sft_family, train_model
@@ -160,3 +160,30 @@ def rq2_table(run: RQ2Run | None = None, train: TrainConfig | None = None, rewar
     results[ceiling] = reward_ranking(ceiling, setup)
     paired = paired_to(results, setup, seed=run.seed)
     return results_table(results.values(), ks=(1, 5, 10), paired=paired), results
+
+
+SEED_KEYS = ("hit@5", "hit@10", "ndcg@5", "ndcg@10", "dgu", "mgu", "coverage", "gini", "tail_share", "d_hit@10", "d_ndcg@10")
+"""The columns :func:`seed_summary` aggregates (the paired differences to BIGRec (SFT) included)."""
+
+
+def seed_summary(tables: Sequence[list[dict]], keys: Sequence[str] = SEED_KEYS) -> list[dict]:
+    """One row per method of the per-seed ``tables`` (:func:`results_table` rows of the same methods, one table per
+    seed): for every key the mean over seeds and its 95% Student-t interval (``key``, ``key_lo``, ``key_hi``;
+    :func:`~flower_lite.metrics.seed_interval`), and ``seeds``. The seed-to-seed spread of a difference to BIGRec
+    (SFT) is what a claim must clear beside the per-row interval of one seed."""
+    if len(tables) < 2:
+        raise ValueError(f"seed_summary needs the tables of at least 2 seeds, got {len(tables)}")
+    names = [[r["method"] for r in t] for t in tables]
+    if any(n != names[0] for n in names):
+        raise ValueError(f"the seeds' tables have different rows: {names}; give every seed the same methods and fixed "
+                         "objectives (no θ grid: validation may keep another θ per seed)")
+    out = []
+    for i, name in enumerate(names[0]):
+        row = {"method": name, "seeds": len(tables)}
+        for key in keys:
+            values = [t[i][key] for t in tables if key in t[i]]
+            if len(values) == len(tables):
+                ci = seed_interval(values)
+                row |= {key: round(ci["mean"], 4), f"{key}_lo": round(ci["lo"], 4), f"{key}_hi": round(ci["hi"], 4)}
+        out.append(row)
+    return out
