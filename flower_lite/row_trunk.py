@@ -29,6 +29,7 @@ Memory: 4 H bytes per position in float32: 5,000 Movies & TV rows of ~105 tokens
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import shutil
@@ -285,6 +286,15 @@ class RowTrunkPolicy:
         weight = next(self.top.parameters())
         self.device, self.dtype = weight.device, weight.dtype
         self._prompt_ids: dict[str, tuple[int, ...]] = {}
+
+    def with_states(self, states: RowStates) -> "RowTrunkPolicy":
+        """This policy (the same module and weights) reading other stored rows, e.g. RQ3's preference rows
+        (:func:`row_states` of this module below the same layer)."""
+        if states.split != self.split:
+            raise ValueError(f"the row states were computed below layer {states.split}; this policy splits at {self.split}")
+        other = copy.copy(self)
+        other.states, other._prompt_ids = states, dict(self._prompt_ids)
+        return other
 
     def bind(self, forward_module: nn.Module) -> None:
         """Accept the model as ``accelerate`` prepared it: it must be ``module`` itself (one process)."""

@@ -149,6 +149,27 @@ def rq2_seeds(*names: str) -> str:
     return commands(*records) + "\n" + markdown(header, rows) + "\n" + when(*records)
 
 
+def interval(row: dict, key: str, signed: bool = False) -> str:
+    """``0.061 [0.052, 0.070]``: the mean over seeds and its 95% t-interval (``compare --seeds``); empty if absent."""
+    if key not in row:
+        return ""
+    f = "{:+.3f}" if signed else "{:.3f}"
+    return f"{f.format(row[key])} [{f.format(row[key + '_lo'])}, {f.format(row[key + '_hi'])}]"
+
+
+SEED_COLUMNS = (("HR@10", "hit@10"), ("NDCG@10", "ndcg@10"), ("DGU", "dgu"), ("MGU", "mgu"), ("coverage", "coverage"),
+                ("tail share", "tail_share"))
+
+
+def rq2_seed_table(name: str) -> str:
+    """Means over seeds with their 95% t-intervals, and the seed-averaged difference to BIGRec (SFT) in HR@10."""
+    r = read(name)
+    rows = [[x["method"], *(interval(x, k) for _, k in SEED_COLUMNS), interval(x, "d_hit@10", signed=True)]
+            for x in r["rows"]]
+    header = ["method", *(c for c, _ in SEED_COLUMNS), "ΔHR@10 vs SFT"]
+    return commands(r) + "\n" + markdown(header, rows) + "\n" + when(r)
+
+
 def target_fit(name: str) -> str:
     r = read(name)
     rows = [[x["run"], *(cell(x[k]) for _, k in FIT_COLUMNS)] for x in r["rows"]]

@@ -140,3 +140,66 @@ def test_rq1_dpo_and_rloo_rows_beat_their_broken_reward_controls():
     print({k: round(v, 3) for k, v in kl.items()})
     for name in ("dpo", "rloo"):
         assert kl[f"{name}, from the SFT weights"] < kl[f"{name}, reversed popularity, from the SFT weights"]
+
+
+def test_rq3_table_aligns_every_start_and_pairs_it_with_its_own_start(tmp_path):
+    """The tiny RQ2 set-up, a few steps: each aligner runs from BIGRec (SFT) and Flower, each aligned row carries its
+    paired difference to its own start, and alignment moves the start's recommendations."""
+    from flower_lite.config import RQ2Run
+    from flower_lite.experiments.rq2.lm import run_config
+
+    run = RQ2Run(train_rows=300, valid_rows=8, test_rows=12, cache_dir=str(tmp_path))
+    rows, results = rq3.rq3_table(run, run_config(run, steps=4, seed=0),
+                                  rq3.AlignConfig(steps=5, batch_size=4, rows=64, lr=3e-3), progress=False)
+    names = [r["method"] for r in rows]
+    assert names[:3] == ["popularity", "BIGRec (SFT)", "Flower"]
+    for aligner in rq3.ALIGNERS:
+        for start in ("BIGRec (SFT)", "Flower"):
+            row = next(r for r in rows if r["method"] == f"{aligner} from {start}")
+            assert {"d_hit@10", "d_hit@10_lo", "d_hit@10_hi", "p_hit@10"} <= set(row)
+            assert len(results[row["method"]].history) == 5
+    moved = [results[f"S-DPO from {s}"].ranked != results[s].ranked for s in ("BIGRec (SFT)", "Flower")]
+    assert any(moved)
+
+
+def test_preference_rows_on_the_per_row_trunk_score_as_the_whole_model(tmp_path):
+    """RQ3 on the per-row frozen trunk (the tiny model, top layer trained with LoRA): the pairs' rows are stored once,
+    their sequence log-probs equal the whole model's, and S-DPO on them raises the margin."""
+    from flower_lite.config import RQ2Run
+    from flower_lite.experiments.rq2.lm import run_setup
+    from flower_lite.row_trunk import RowTrunkPolicy
+
+    run = RQ2Run(train_rows=200, valid_rows=4, test_rows=4, trunk_layers=1, lora_rank=4, cache_dir=str(tmp_path))
+    setup, new_policy, _ = run_setup(run)
+    policy = new_policy()
+    rng = np.random.default_rng(0)
+    rejected = rq3.rejected_items(setup, "uniform", 3, rng)[-16:]
+    prompts, chosen = setup.prompts["train"][-16:], np.asarray(setup.data.train.target)[-16:]
+    paired = rq3.on_pairs(policy, setup, prompts, chosen, rejected, str(tmp_path))
+    assert isinstance(paired, RowTrunkPolicy) and paired.module is policy.module and paired.states is not policy.states
+    pairs = rq3.preference_pairs(paired, setup.trie, prompts, chosen, rejected)
+    whole = rq3.preference_pairs(LMPolicy(policy.module, setup.tokenizer), setup.trie, prompts, chosen, rejected)
+    assert torch.allclose(pairs.ref_chosen, whole.ref_chosen, atol=1e-4)
+    assert torch.allclose(pairs.ref_rejected, whole.ref_rejected, atol=1e-4)
+    log = rq3.align(paired, setup.trie, pairs, "sdpo", beta=0.3, lr=1e-2, steps=20, batch_size=4)
+    assert np.mean([x["margin"] for x in log[-5:]]) > np.mean([x["margin"] for x in log[:3]]) + 0.5
+    with pytest.raises(ValueError, match="unknown rejected items"):
+        rq3.rejected_items(setup, "random", 1, rng)
+
+
+def test_rq3_results_script_writes_its_record(tmp_path):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "results" / "rq3_table.py"
+    spec = importlib.util.spec_from_file_location("rq3_script", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = tmp_path / "rq3.json"
+    script.main(["--train-rows", "200", "--valid-rows", "4", "--test-rows", "6", "--steps", "2", "--align-steps", "2",
+                 "--align-rows", "16", "--aligners", "RosePO", "--cache-dir", str(tmp_path), "--out", str(out)])
+    record = json.loads(out.read_text())
+    assert record["command"].startswith("python results/rq3_table.py --train-rows 200")
+    names = [r["method"] for r in record["rows"]]
+    assert names == ["popularity", "BIGRec (SFT)", "Flower", "RosePO from BIGRec (SFT)", "RosePO from Flower"]

@@ -28,7 +28,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..config import check_fields, setting
 from ..losses import dpo_loss, rloo_loss, softmax_dpo_loss, summed_margins_dpo_loss
+from ..pairs import popularity_negatives, uniform_negatives
 from ..train import batch_indices
 from ..trie import Trie
 
@@ -182,3 +184,113 @@ def title_preference_fit(policy, trie, prompt: str, chosen: np.ndarray, rejected
         value = preference_loss(loss, log_p[c], log_p[r], ref[c], ref[r], beta)
         log.append(_step(optimizer, value, log_p[c], log_p[r], ref[c], ref[r], step))
     return log
+
+
+# ---------------------------------------------------------------------------- RQ3 on the RQ2 set-up
+ALIGNERS: dict[str, tuple[str, str, int]] = {
+    "S-DPO": ("sdpo", "uniform", 3),
+    "DMPO (as coded)": ("dmpo_as_coded", "uniform", 3),
+    "RosePO": ("dpo", "popularity", 1),
+}
+"""Aligner -> (preference loss, rejected items, k): S-DPO and the authors' DMPO on 3 uniform catalogue items other
+than the target, RosePO on one item drawn in proportion to its history popularity (docs/method.md 5)."""
+
+
+@dataclass(frozen=True)
+class AlignConfig:
+    """Preference training on the RQ2 rows (the paper's lr 1e-6 is for full fine-tuning; LoRA on the top layers
+    needs more)."""
+
+    beta: float = setting(0.3, "β of the preference loss (the paper's)", minimum=1e-9)
+    lr: float = setting(1e-4, "AdamW learning rate of the aligned weights", minimum=0.0)
+    steps: int = setting(100, "optimizer steps", minimum=1)
+    batch_size: int = setting(8, "preference rows per step", minimum=1)
+    rows: int | None = setting(None, "the most recent train rows that give pairs (default: all)", minimum=1)
+    seed: int = setting(0, "seed of the rejected items and the batches")
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
+def rejected_items(setup, negatives: str, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Rejected items [train rows, k] for the train targets of an RQ2 ``setup``: ``uniform`` (k distinct other items)
+    or ``popularity`` (one, in proportion to the train history counts c(i))."""
+    targets = np.asarray(setup.data.train.target)
+    if negatives == "uniform":
+        return uniform_negatives(targets, setup.data.num_items, k, rng)
+    if negatives == "popularity":
+        return popularity_negatives(targets, setup.counts, rng)[:, None]
+    raise ValueError(f"unknown rejected items {negatives!r}: expected uniform or popularity")
+
+
+def on_pairs(policy, setup, prompts: Sequence[str], chosen: np.ndarray, rejected: np.ndarray, cache_dir=None):
+    """``policy`` able to score the pairs' titles: a :class:`~flower_lite.row_trunk.RowTrunkPolicy` gets the stored
+    lower-layer states of every (prompt, chosen) and (prompt, rejected) row (computed once, in ``cache_dir``); a
+    plain model becomes an :class:`~flower_lite.rollout.LMPolicy`."""
+    from ..rollout import LMPolicy
+    from ..row_trunk import RowTrunkPolicy, row_states, trie_rows
+
+    if not isinstance(policy, RowTrunkPolicy):
+        return LMPolicy(policy, setup.tokenizer)
+    k = rejected.shape[1]
+    items = np.concatenate([chosen[:, None], rejected], axis=1).ravel()
+    rows = trie_rows(setup.tokenizer, [p for p in prompts for _ in range(k + 1)], items, setup.trie)
+    return policy.with_states(row_states(policy.module, list(dict.fromkeys(rows)), policy.split, cache_dir))
+
+
+def align_from(name: str, setup, start_policy, aligner: str, config: AlignConfig = AlignConfig(), cache_dir=None,
+               progress: bool = False):
+    """Align ``start_policy`` (a start method's trained policy; start = reference) with ``aligner`` (one of
+    :data:`ALIGNERS`) on pairs of the most recent ``config.rows`` train rows (chosen: the target), then decode the test
+    rows and score them as an RQ2 method (:class:`~.rq2.methods.MethodResult`, its history the alignment log)."""
+    from .rq2.methods import decode, score
+
+    if aligner not in ALIGNERS:
+        raise ValueError(f"unknown aligner {aligner!r}: expected one of {list(ALIGNERS)}")
+    loss, negatives, k = ALIGNERS[aligner]
+    rng = np.random.default_rng(config.seed)
+    rejected = rejected_items(setup, negatives, k, rng)
+    n = len(rejected) if config.rows is None else min(config.rows, len(rejected))
+    prompts, chosen = setup.prompts["train"][-n:], np.asarray(setup.data.train.target)[-n:]
+    policy = on_pairs(start_policy, setup, prompts, chosen, rejected[-n:], cache_dir)
+    pairs = preference_pairs(policy, setup.trie, prompts, chosen, rejected[-n:])
+    log = align(policy, setup.trie, pairs, loss, config.beta, config.lr, config.steps, config.batch_size, config.seed)
+    ranked = decode(policy.module, setup, progress=f"decode {name}" if progress else None)
+    return score(name, setup, ranked, model=policy.module, history=log)
+
+
+def start_policy(new_policy, start) -> object:
+    """A fresh policy from ``new_policy()`` carrying the trained weights of ``start`` (an RQ2 method's result)."""
+    from ..train import load_trainable, trainable_state
+
+    policy = new_policy()
+    load_trainable(getattr(policy, "module", policy), trainable_state(start.model))
+    return policy
+
+
+def rq3_table(run=None, train=None, config: AlignConfig = AlignConfig(), aligners: Sequence[str] = tuple(ALIGNERS),
+              objectives: Sequence = (), progress: bool = True) -> tuple[list[dict], dict]:
+    """RQ3 on an RQ2 set-up (:func:`~.rq2.lm.run_setup` of ``run``): BIGRec (SFT), Flower and Flower with each of
+    ``objectives`` train as in RQ2 (``train``); every ``aligner`` then starts from each of them (start = reference).
+    Returns the rows (:func:`~.rq2.compare.results_table`; an aligned row carries its paired difference to its own
+    start in HR@10 and NDCG@10) and the results by name."""
+    from ..config import RQ2Run
+    from .rq2.compare import paired_to, results_table, run_comparison
+    from .rq2.lm import run_config, run_setup
+
+    run = run or RQ2Run()
+    train = train or run_config(run, seed=run.seed)
+    setup, new_policy, _ = run_setup(run, progress=progress)
+    starts = run_comparison(setup, new_policy, train, progress=progress, methods=["popularity", "BIGRec (SFT)", "Flower"],
+                            objectives=objectives)
+    results, paired = dict(starts), {}
+    for start_name, start in starts.items():
+        if start.model is None:
+            continue
+        for aligner in aligners:
+            name = f"{aligner} from {start_name}"
+            policy = start_policy(new_policy, start)
+            results[name] = align_from(name, setup, policy, aligner, config, run.cache_dir if run.pretrained else None,
+                                       progress)
+            paired[name] = paired_to({start_name: start, name: results[name]}, setup, baseline=start_name, seed=run.seed)[name]
+    return results_table(results.values(), ks=(5, 10), paired=paired), results
