@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     run = RQ2Run(**given(args, "run."))
     config = AlignConfig(**given(args, "align."), seed=run.seed)
     with num_threads(run.num_threads):
-        rows, _ = rq3_table(run, run_config(run, args.steps, seed=run.seed), config, args.aligners, args.objectives)
+        rows, _, _ = rq3_table(run, run_config(run, args.steps, seed=run.seed), config, args.aligners, args.objectives)
         if args.out:
             write_record(args.out, command_line("python results/rq3_table.py", argv), rows, t0)
     for r in rows:

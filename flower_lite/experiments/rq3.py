@@ -21,6 +21,7 @@ sampled titles' log-probabilities are exact, and the reference's are computed on
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -37,14 +38,30 @@ from ..trie import Trie
 PREFERENCE_LOSSES = ("dpo", "sdpo", "dmpo_as_coded")
 
 
-def sequence_log_probs(policy, trie: Trie, prompts: Sequence[str], items: Sequence[int]) -> Tensor:
+def sequence_log_probs(policy, trie: Trie, prompts: Sequence[str], items: Sequence[int], constrained: bool = False
+                       ) -> Tensor:
     """log pi(title + T | prompt) of catalogue ``items`` [rows] after ``prompts`` [rows], float32 [rows], with gradients
     when enabled: one teacher-forced pass of ``policy`` (any policy of the training loop's protocol:
     :class:`~flower_lite.rollout.LMPolicy`, :class:`~flower_lite.trunk.CachedTrunkPolicy`,
-    :class:`~flower_lite.row_trunk.RowTrunkPolicy` whose stored rows hold these (prompt, title) pairs)."""
-    traj = trie.item_trajectories(torch.as_tensor(np.asarray(items, dtype=np.int64), device=trie.device))
-    log_pi, log_stop = policy.log_probs(policy.prompts(list(prompts)), [traj], trie.eos_id)[0][:2]
-    return log_pi.sum(dim=1) + log_stop.gather(1, traj.lengths.to(log_stop.device)[:, None]).squeeze(1)
+    :class:`~flower_lite.row_trunk.RowTrunkPolicy` whose stored rows hold these (prompt, title) pairs).
+    ``constrained``: the log-probability under trie-constrained sampling instead, every step renormalised over the
+    trie children of its state (what the RL baseline samples from)."""
+    items = torch.as_tensor(np.asarray(items, dtype=np.int64), device=trie.device)
+    traj = trie.item_trajectories(items)
+    batch = policy.prompts(list(prompts))
+    if not constrained:
+        log_pi, log_stop = policy.log_probs(batch, [traj], trie.eos_id)[0][:2]
+        return log_pi.sum(dim=1) + log_stop.gather(1, traj.lengths.to(log_stop.device)[:, None]).squeeze(1)
+    nodes = trie.walk(traj.tokens, traj.mask)  # [rows, K + 1]: s_0 .. s_k, -1 past the end
+    child, real = trie.children_of(nodes)
+    tokens = torch.where(real, trie.structure.token[child.clamp_min(0)], torch.zeros_like(child))
+    log_pi, log_stop, log_children = policy.log_probs(batch, [traj], trie.eos_id, [tokens])[0]
+    real = real.to(log_children.device)
+    norm = torch.logsumexp(log_children.masked_fill(~real[:, : log_children.shape[1]], -math.inf), dim=-1)  # [rows, K + 1]
+    lengths = traj.lengths.to(log_pi.device)
+    steps = torch.arange(log_pi.shape[1], device=log_pi.device)[None, :] < lengths[:, None]
+    title = (log_pi - torch.where(steps, norm[:, :-1], torch.zeros_like(log_pi))).sum(dim=1)
+    return title + (log_stop - norm).gather(1, lengths[:, None]).squeeze(1)
 
 
 @dataclass
@@ -187,13 +204,15 @@ def title_preference_fit(policy, trie, prompt: str, chosen: np.ndarray, rejected
 
 
 # ---------------------------------------------------------------------------- RQ3 on the RQ2 set-up
-ALIGNERS: dict[str, tuple[str, str, int]] = {
+ALIGNERS: dict[str, tuple[str, str | None, int]] = {
     "S-DPO": ("sdpo", "uniform", 3),
     "DMPO (as coded)": ("dmpo_as_coded", "uniform", 3),
     "RosePO": ("dpo", "popularity", 1),
+    "RLOO": ("rloo", None, 4),
 }
-"""Aligner -> (preference loss, rejected items, k): S-DPO and the authors' DMPO on 3 uniform catalogue items other
-than the target, RosePO on one item drawn in proportion to its history popularity (docs/method.md 5)."""
+"""Aligner -> (loss, rejected items, k): S-DPO and the authors' DMPO on 3 uniform catalogue items other than the
+target, RosePO on one item drawn in proportion to its history popularity (docs/method.md 5); RLOO, the
+reward-maximising baseline, on k = 4 titles sampled per prompt (:func:`rloo_align`)."""
 
 
 @dataclass(frozen=True)
@@ -248,6 +267,10 @@ def align_from(name: str, setup, start_policy, aligner: str, config: AlignConfig
     if aligner not in ALIGNERS:
         raise ValueError(f"unknown aligner {aligner!r}: expected one of {list(ALIGNERS)}")
     loss, negatives, k = ALIGNERS[aligner]
+    if loss == "rloo":
+        module, log = rloo_align(setup, start_policy, config, samples=k)
+        ranked = decode(module, setup, progress=f"decode {name}" if progress else None)
+        return score(name, setup, ranked, model=module, history=log)
     rng = np.random.default_rng(config.seed)
     rejected = rejected_items(setup, negatives, k, rng)
     n = len(rejected) if config.rows is None else min(config.rows, len(rejected))
@@ -257,6 +280,64 @@ def align_from(name: str, setup, start_policy, aligner: str, config: AlignConfig
     log = align(policy, setup.trie, pairs, loss, config.beta, config.lr, config.steps, config.batch_size, config.seed)
     ranked = decode(policy.module, setup, progress=f"decode {name}" if progress else None)
     return score(name, setup, ranked, model=policy.module, history=log)
+
+
+RLOO_KL = 0.05
+"""The KL weight of the RQ3 RL baseline (:func:`rloo_align`)."""
+
+
+def sampled_items(trie: Trie, traj) -> Tensor:
+    """The catalogue item of each sampled title [batch] (a duplicate title: its lowest item id)."""
+    tokens, lengths = traj.tokens.to(trie.device), traj.lengths.to(trie.device)
+    nodes = trie.walk(tokens, traj.mask.to(trie.device))
+    title = torch.searchsorted(trie.terminal_nodes, trie.stop_child(nodes.gather(1, lengths[:, None]).squeeze(1)))
+    return trie.title_first_item().to(trie.device)[title]
+
+
+def rloo_align(setup, start_policy, config: AlignConfig = AlignConfig(), samples: int = 4, kl_coef: float = RLOO_KL):
+    """The RQ3 RL baseline (the role of the paper's PPO): REINFORCE leave-one-out from ``start_policy``'s weights.
+    Each step samples ``samples`` trie-constrained titles for each of ``config.batch_size`` train prompts; a title's
+    reward is its SASRec preference p_ui, min-max normalised over the row's catalogue (the paper's PPO reward), and
+    its KL penalty compares the policy's log-probability with the start's (a frozen copy: sampled titles are new
+    every step, so the reference runs on them). Both are the log-probabilities of trie-constrained sampling, the
+    distribution the titles are drawn from, so the gradient is the policy gradient of what is sampled. The whole model runs (sampled titles are not stored rows). Returns
+    the trained module and its log per step (loss, mean reward, mean log pi - log pi_ref of the samples)."""
+    import copy
+
+    from ..rollout import LMPolicy
+
+    if setup.preferences is None:
+        raise ValueError("the RL baseline's reward is SASRec's p_ui: build the set-up with a SASRec")
+    module = getattr(start_policy, "module", start_policy)
+    policy = LMPolicy(module, setup.tokenizer)
+    reference = LMPolicy(copy.deepcopy(module).eval().requires_grad_(False), setup.tokenizer)
+    train_rows = len(setup.data.train)
+    first = 0 if config.rows is None else max(0, train_rows - config.rows)
+    prefs = setup.preferences[setup.offsets.get("train", 0):][:train_rows].double()
+    low, high = prefs.min(dim=1, keepdim=True).values, prefs.max(dim=1, keepdim=True).values
+    scaled = (prefs - low) / (high - low).clamp_min(1e-12)
+    params = [p for p in module.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
+    generator = torch.Generator(device="cpu").manual_seed(config.seed)
+    log = []
+    module.train()
+    for step in range(config.steps):
+        rows = first + batch_indices(train_rows - first, config.batch_size, step, config.seed)
+        prompts = [setup.prompts["train"][r] for r in rows for _ in range(samples)]
+        traj = policy.sample(policy.prompts(prompts), setup.trie, 1.0, generator, setup.trie.max_path_length)
+        items = sampled_items(setup.trie, traj).cpu()
+        reward = scaled[torch.as_tensor(np.repeat(rows, samples)), items].view(len(rows), samples)
+        lp = sequence_log_probs(policy, setup.trie, prompts, items.numpy(), constrained=True).view(len(rows), samples)
+        with torch.no_grad():
+            ref = sequence_log_probs(reference, setup.trie, prompts, items.numpy(), constrained=True).view(len(rows), samples)
+        value = rloo_loss(lp, reward.to(lp), ref, kl_coef)
+        optimizer.zero_grad(set_to_none=True)
+        value.backward()
+        optimizer.step()
+        log.append({"step": step + 1, "loss": value.detach().item(), "reward": float(reward.mean()),
+                    "kl": float((lp.detach() - ref).mean())})
+    module.eval()
+    return module, log
 
 
 def start_policy(new_policy, start) -> object:
@@ -269,11 +350,11 @@ def start_policy(new_policy, start) -> object:
 
 
 def rq3_table(run=None, train=None, config: AlignConfig = AlignConfig(), aligners: Sequence[str] = tuple(ALIGNERS),
-              objectives: Sequence = (), progress: bool = True) -> tuple[list[dict], dict]:
+              objectives: Sequence = (), progress: bool = True) -> tuple[list[dict], dict, object]:
     """RQ3 on an RQ2 set-up (:func:`~.rq2.lm.run_setup` of ``run``): BIGRec (SFT), Flower and Flower with each of
     ``objectives`` train as in RQ2 (``train``); every ``aligner`` then starts from each of them (start = reference).
     Returns the rows (:func:`~.rq2.compare.results_table`; an aligned row carries its paired difference to its own
-    start in HR@10 and NDCG@10) and the results by name."""
+    start in HR@10 and NDCG@10), the results by name and the set-up (:class:`~.rq2.setup.RecSetup`)."""
     from ..config import RQ2Run
     from .rq2.compare import paired_to, results_table, run_comparison
     from .rq2.lm import run_config, run_setup
@@ -293,4 +374,4 @@ def rq3_table(run=None, train=None, config: AlignConfig = AlignConfig(), aligner
             results[name] = align_from(name, setup, policy, aligner, config, run.cache_dir if run.pretrained else None,
                                        progress)
             paired[name] = paired_to({start_name: start, name: results[name]}, setup, baseline=start_name, seed=run.seed)[name]
-    return results_table(results.values(), ks=(5, 10), paired=paired), results
+    return results_table(results.values(), ks=(5, 10), paired=paired), results, setup
