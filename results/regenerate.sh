@@ -39,6 +39,8 @@ run rq2_smollm2_movielens "$FL" compare --model smollm2 --data movielens --train
     --steps 100 --threads 1 --objectives distill db:0.995 --out $R/rq2_smollm2_movielens.json
 run rq2_smollm2_movies "$FL" compare --model smollm2 --data Movies_and_TV --train-rows 5000 --valid-rows 200 \
     --test-rows 1000 --steps 300 --objectives distill db db:0.9,0.99,0.995 --out $R/rq2_smollm2_movies.json
+run rq3_tiny "$PY" results/rq3_table.py --data default --train-rows 1200 --valid-rows 32 --test-rows 128 --steps 300 \
+    --align-steps 100 --align-lr 0.003 --out $R/rq3_tiny.json
 run rq1_stops_smollm2 "$PY" results/rq1_table.py --model smollm2 --stops --out $R/rq1_stops_smollm2.json
 run rq1_stops_tiny "$PY" results/rq1_table.py --model tiny --stops --out $R/rq1_stops_tiny.json
 run rq1_tiny "$PY" results/rq1_table.py --model tiny --steps 200 --out $R/rq1_tiny.json

@@ -100,6 +100,15 @@ def rq2_paired_table(name: str) -> str:
     return commands(r) + "\n" + markdown(header, rows) + "\n" + selection + when(r)
 
 
+def rq3_table(name: str) -> str:
+    """The starts and every aligner from each, with each aligned row's paired difference to its own start."""
+    r = read(name)
+    columns = [c for c in RQ2_COLUMNS if c[1] in r["rows"][0]]
+    rows = [[x["method"], *(cell(x[k]) for _, k in columns), paired(x, "hit@10"), paired(x, "ndcg@10")] for x in r["rows"]]
+    header = ["method", *(c for c, _ in columns), "ΔHR@10 vs its start [95%], p", "ΔNDCG@10 vs its start [95%], p"]
+    return commands(r) + "\n" + markdown(header, rows) + "\n" + when(r)
+
+
 def option_change(command: str, base: str) -> str:
     """The options of ``command`` that ``base`` does not have (``--out`` left out)."""
     drop = lambda c: re.sub(r"\s--(out|methods)\s+(?:(?!--)\S+\s*)+", " ", c)  # noqa: E731
@@ -204,7 +213,9 @@ TABLES: dict[str, Table] = {
     "rq2-target-fit-warm": Table(["target_fit_warm"], lambda: target_fit("target_fit_warm")),
     "rq2-movies": Table(["rq2_movies"], lambda: rq2_table("rq2_movies")),
     "rq2-check": Table(["rq2_check"], lambda: rq2_table("rq2_check")),
+    "rq2-smollm2-movies": Table(["rq2_smollm2_movies"], lambda: rq2_paired_table("rq2_smollm2_movies")),
     "rq2-smollm2-movielens": Table(["rq2_smollm2_movielens"], lambda: rq2_paired_table("rq2_smollm2_movielens")),
+    "rq3-tiny": Table(["rq3_tiny"], lambda: rq3_table("rq3_tiny")),
     "rq1-stops": Table(["rq1_stops_smollm2", "rq1_stops_tiny"], lambda: rq1_stops("rq1_stops_smollm2", "rq1_stops_tiny")),
     "rq1-smollm2": Table(["rq1_smollm2"], lambda: rq1_table("rq1_smollm2")),
     "rq1-tiny": Table(["rq1_tiny"], lambda: rq1_table("rq1_tiny")),

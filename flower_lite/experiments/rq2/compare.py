@@ -44,8 +44,7 @@ def run_comparison(setup: RecSetup, new_model: Callable[[], torch.nn.Module], tr
     if "SASRec" in methods and setup.sasrec is not None:
         out["SASRec"] = sasrec(setup)
     if {"BIGRec (SFT)", "SFT T=1.5", "D3"} & set(methods):
-        family = sft_family(setup, new_model(), train, progress=progress)
-        out |= {name: r for name, r in family.items() if name in methods}
+        out |= sft_family(setup, new_model(), train, progress=progress, names=methods)
     if "IFairLRS" in methods:
         out["IFairLRS"] = ifairlrs(setup, new_model(), train, progress=progress)
     if "Flower" in methods:
@@ -82,7 +81,7 @@ def select_on_validation(setup: RecSetup, new_model: Callable[[], torch.nn.Modul
         scores.append({"objective": o.name, **{f"valid_{k}": float(v.mean()) for k, v in gains.items()}})
         trained.append((result, time.perf_counter() - t0))
     best = max(range(len(candidates)), key=lambda i: (scores[i][f"valid_{SELECTION_KEY}"], -i))
-    result, seconds = trained[best]
+    result = trained[best][0]
     grid = ", ".join(f"{o.theta:g}" for o in candidates)
     name = f"Flower ({candidates[best].name}, θ on valid of {grid})"
     t0 = time.perf_counter()

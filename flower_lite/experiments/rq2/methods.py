@@ -159,17 +159,22 @@ def bigrec(setup: RecSetup, model: torch.nn.Module, train: TrainConfig, **kwargs
 
 
 def sft_family(setup: RecSetup, model: torch.nn.Module, train: TrainConfig, temperature: float = SFT_TEMPERATURE,
-               progress: bool = False, output_dir=None) -> dict[str, MethodResult]:
+               progress: bool = False, output_dir=None, names: Sequence[str] | None = None) -> dict[str, MethodResult]:
     """BIGRec (SFT), the SFT model at ``temperature`` (1.5) and D3 (length_penalty 0.0): one SFT training, and
-    one beam search whose prompt passes serve all three decodings (:func:`decode_many`)."""
+    one beam search whose prompt passes serve all three decodings (:func:`decode_many`); ``names`` keeps only
+    some of the three (``"BIGRec (SFT)"``, ``"SFT T=1.5"``, ``"D3"``; default all)."""
     t0 = time.perf_counter()
     result = train_model(setup, model, replace(train, objective=Objective("sft")), output_dir=output_dir,
                          progress=progress, name="BIGRec (SFT)")
     t1 = time.perf_counter()
-    names = ("BIGRec (SFT)", f"SFT T={temperature:g}", "D3")
     base = setup.config.decode_settings()
-    settings = [base, replace(base, temperature=temperature), replace(base, length_penalty=D3_LENGTH_PENALTY)]
-    lists = decode_many(result.model, setup, settings, progress="decode SFT, T=1.5, D3" if progress else None)
+    family = {"BIGRec (SFT)": base, f"SFT T={temperature:g}": replace(base, temperature=temperature),
+              "D3": replace(base, length_penalty=D3_LENGTH_PENALTY)}
+    names = [n for n in family if names is None or n in names]
+    if not names:
+        raise ValueError(f"sft_family: none of {list(family)} asked for")
+    settings = [family[n] for n in names]
+    lists = decode_many(result.model, setup, settings, progress=f"decode {', '.join(names)}" if progress else None)
     seconds = {"train": t1 - t0, "decode": time.perf_counter() - t1}
     return {name: score(name, setup, ranked, model=result.model, history=result.history, best_step=result.best_step,
                         seconds=seconds) for name, ranked in zip(names, lists)}
