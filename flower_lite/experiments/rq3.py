@@ -184,7 +184,8 @@ def title_preference_fit(policy, trie, prompt: str, chosen: np.ndarray, rejected
     """Preference training on one prompt (RQ1's DPO baseline): ``chosen`` [pairs] and ``rejected`` [pairs] or
     [pairs, k] title indices (``trie.terminal_nodes`` order); ``policy`` a :class:`~flower_lite.trunk.CachedTrunkPolicy`
     or :class:`~flower_lite.rollout.LMPolicy`. Every step gives every title's exact log pi(title + T | prompt) (one
-    pass of the top layers over the trie on the frozen trunk); the reference's are computed once. Returns the log per step (loss, mean margin)."""
+    pass of the top layers over the trie on the frozen trunk); the reference's are computed once. Returns the log
+    per step (loss, mean margin)."""
     _check_loss(loss)
     chosen = torch.as_tensor(np.asarray(chosen, dtype=np.int64))
     rejected = torch.as_tensor(np.asarray(rejected, dtype=np.int64))
@@ -300,8 +301,9 @@ def rloo_align(setup, start_policy, config: AlignConfig = AlignConfig(), samples
     reward is its SASRec preference p_ui, min-max normalised over the row's catalogue (the paper's PPO reward), and
     its KL penalty compares the policy's log-probability with the start's (a frozen copy: sampled titles are new
     every step, so the reference runs on them). Both are the log-probabilities of trie-constrained sampling, the
-    distribution the titles are drawn from, so the gradient is the policy gradient of what is sampled. The whole model runs (sampled titles are not stored rows). Returns
-    the trained module and its log per step (loss, mean reward, mean log pi - log pi_ref of the samples)."""
+    distribution the titles are drawn from, so the gradient is the policy gradient of what is sampled. The whole
+    model runs (sampled titles are not stored rows). Returns the trained module and its log per step (loss, mean
+    reward, mean log pi - log pi_ref of the samples)."""
     import copy
 
     from ..rollout import LMPolicy
@@ -329,7 +331,8 @@ def rloo_align(setup, start_policy, config: AlignConfig = AlignConfig(), samples
         reward = scaled[torch.as_tensor(np.repeat(rows, samples)), items].view(len(rows), samples)
         lp = sequence_log_probs(policy, setup.trie, prompts, items.numpy(), constrained=True).view(len(rows), samples)
         with torch.no_grad():
-            ref = sequence_log_probs(reference, setup.trie, prompts, items.numpy(), constrained=True).view(len(rows), samples)
+            ref = sequence_log_probs(reference, setup.trie, prompts, items.numpy(), constrained=True)
+        ref = ref.view(len(rows), samples)
         value = rloo_loss(lp, reward.to(lp), ref, kl_coef)
         optimizer.zero_grad(set_to_none=True)
         value.backward()
@@ -373,5 +376,6 @@ def rq3_table(run=None, train=None, config: AlignConfig = AlignConfig(), aligner
             policy = start_policy(new_policy, start)
             results[name] = align_from(name, setup, policy, aligner, config, run.cache_dir if run.pretrained else None,
                                        progress)
-            paired[name] = paired_to({start_name: start, name: results[name]}, setup, baseline=start_name, seed=run.seed)[name]
+            pair = {start_name: start, name: results[name]}
+            paired[name] = paired_to(pair, setup, baseline=start_name, seed=run.seed)[name]
     return results_table(results.values(), ks=(5, 10), paired=paired), results, setup
