@@ -84,27 +84,38 @@ def _state_logits(model: torch.nn.Module, tokenizer, prompt: str, trie: Trie, ba
         yield nodes, logits[first[nodes].to(device)]
 
 
+def state_title_log_probs(trie: Trie, state_logits, temperature: float = 1.0) -> tuple[Tensor, Tensor]:
+    """(log p_title, log q_title), float64 ``[num_titles]`` in ``trie.terminal_nodes`` order, from ``state_logits``: an
+    iterable of ``(nodes [n], logits [n, V])`` that gives every non-terminal state of ``trie`` once. Every edge gets
+    log pi (the full-vocabulary log-softmax) and log q (softmax of ``logits / temperature`` over the state's trie
+    children); both are summed top-down (:meth:`Trie.path_sums`). Differentiable; on the logits' device."""
+    s = trie.structure
+    edge_pi = edge_q = None
+    for nodes, logits in state_logits:
+        device = logits.device
+        if edge_pi is None:
+            edge_pi = torch.zeros(trie.num_nodes, dtype=torch.float64, device=device)  # log pi(token[n] | parent[n])
+            edge_q = torch.zeros_like(edge_pi)  # log q(token[n] | parent[n]), renormalised over the siblings
+        seg, edges = trie.child_edges(nodes.to(trie.device))
+        tokens, seg, edges = s.token[edges].to(device), seg.to(device), edges.to(device)
+        vals = logits[seg, tokens].double()
+        edge_pi = edge_pi.index_put((edges,), vals - logits.logsumexp(-1).double()[seg])
+        edge_q = edge_q.index_put((edges,), segment_log_softmax(vals / temperature, seg, nodes.numel()))
+    trie = trie.to(edge_pi.device)
+    return trie.path_sums(edge_pi)[trie.terminal_nodes], trie.path_sums(edge_q)[trie.terminal_nodes]
+
+
 def title_log_probs(model: torch.nn.Module, tokenizer, prompt: str, trie: Trie, temperature: float = 1.0,
                     batch_size: int = 256) -> tuple[Tensor, Tensor]:
     """Exact title log-probabilities after ``prompt``, with gradients when enabled: (log p_title, the unconstrained
     model's log-probability of writing each title then T; log q_title, trie-constrained sampling at
-    ``temperature``), float64 ``[num_titles]`` in ``trie.terminal_nodes`` order, on the model's device. Every state's
-    logits come once (``_state_logits``); every edge's log pi and log q are summed top-down (:meth:`Trie.path_sums`).
-    The whole-model twin of :meth:`flower_lite.trunk.CachedTrunkPolicy.title_log_probs`."""
+    ``temperature``), float64 ``[num_titles]`` in ``trie.terminal_nodes`` order, on the model's device: every state's
+    logits once (``_state_logits``), then :func:`state_title_log_probs`. The whole-model twin of
+    :meth:`flower_lite.trunk.CachedTrunkPolicy.title_log_probs`."""
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     trie = trie.to("cpu")
-    s, device = trie.structure, model_device(model)
-    edge_pi = torch.zeros(trie.num_nodes, dtype=torch.float64, device=device)
-    edge_q = torch.zeros_like(edge_pi)
-    for nodes, logits in _state_logits(model, tokenizer, prompt, trie, batch_size):
-        seg, edges = trie.child_edges(nodes)
-        vals = logits[seg.to(device), s.token[edges].to(device)].double()
-        seg_d, edges_d = seg.to(device), edges.to(device)
-        edge_pi = edge_pi.index_put((edges_d,), vals - logits.logsumexp(-1).double()[seg_d])
-        edge_q = edge_q.index_put((edges_d,), segment_log_softmax(vals / temperature, seg_d, nodes.numel()))
-    terminals = trie.terminal_nodes.to(device)
-    return trie.to(device).path_sums(edge_pi)[terminals], trie.to(device).path_sums(edge_q)[terminals]
+    return state_title_log_probs(trie, _state_logits(model, tokenizer, prompt, trie, batch_size), temperature)
 
 
 @model_threads
@@ -129,16 +140,7 @@ def constrained_item_distribution(
 
     Returns float64 ``[num_titles]`` in ``trie.terminal_nodes`` order.
     """
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    trie = trie.to("cpu")
-    s = trie.structure
-    edge_log_q = torch.zeros(trie.num_nodes, dtype=torch.float64)  # log q(token[n] | parent[n])
-    for nodes, logits in _state_logits(model, tokenizer, prompt, trie, batch_size):
-        seg, edges = trie.child_edges(nodes)  # every edge out of the states, and the state it leaves
-        vals = logits[seg.to(logits.device), s.token[edges].to(logits.device)].cpu().double() / temperature
-        edge_log_q[edges] = segment_log_softmax(vals, seg, nodes.numel())
-    return trie.path_sums(edge_log_q)[trie.terminal_nodes].exp()
+    return title_log_probs(model, tokenizer, prompt, trie, temperature, batch_size)[1].exp().cpu()
 
 
 @model_threads

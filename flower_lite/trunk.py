@@ -25,10 +25,11 @@ from dataclasses import replace
 import torch
 from torch import Tensor, nn
 
+from .distributions import state_title_log_probs
 from .models import LoraSettings, apply_lora
 from .prompts import encode_prompts
 from .tree_attention import CHUNK_NODES, TreePass, TrunkCache, build_cache, decoder_parts, eval_mode, state_nodes
-from .trie import ROOT, Trajectories, Trie, segment_log_softmax
+from .trie import ROOT, Trajectories, Trie
 
 
 def freeze_trunk(model: nn.Module, top_layers: int, lora: LoraSettings | None = None) -> nn.Module:
@@ -271,18 +272,9 @@ class CachedTrunkPolicy:
         model's log-probability of writing each title then T; log q_title, trie-constrained sampling at
         ``temperature``). The top layers run in eval mode (no dropout)."""
         self._check_trie(trie)
-        s = self.trie.structure
-        edge_pi = torch.zeros(self.trie.num_nodes, dtype=torch.float64, device=self.device)  # log pi(token[n] | parent[n])
-        edge_q = torch.zeros_like(edge_pi)  # log q(token[n] | parent[n]), renormalised over the siblings
         with self._autocast(), eval_mode(self.top):
-            for chunk, out in self._state_outputs(prompt):
-                logits = self._head(out)
-                seg, edges = self.trie.child_edges(chunk)
-                values = logits[seg, s.token[edges]].double()
-                edge_pi = edge_pi.index_put((edges,), values - logits.logsumexp(-1).double()[seg])
-                edge_q = edge_q.index_put((edges,), segment_log_softmax(values / temperature, seg, chunk.numel()))
-        terminals = self.trie.terminal_nodes
-        return self.trie.path_sums(edge_pi)[terminals], self.trie.path_sums(edge_q)[terminals]
+            states = ((chunk, self._head(out)) for chunk, out in self._state_outputs(prompt))
+            return state_title_log_probs(self.trie, states, temperature)
 
     @torch.no_grad()
     def item_distributions(self, prompt: str, trie: Trie, temperature: float = 1.0) -> tuple[Tensor, float, Tensor]:

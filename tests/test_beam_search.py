@@ -13,8 +13,8 @@ from flower_lite.beam_search import recommend as beam_recommend
 from flower_lite.data import load_default_catalog
 from flower_lite.decoding import (NEUTRAL_GENERATION, TemperedLogSoftmax, TrieLogitsProcessor, decode_states, recommend,
                                   title_index)
-from flower_lite.models import LoraSettings, apply_lora, make_tiny_model
-from flower_lite.prompts import encode_prompts, encode_titles, pad_id, title_trie
+from flower_lite.models import LoraSettings, apply_lora
+from flower_lite.prompts import encode_prompts, pad_id, title_trie
 
 PROMPTS = ["recommend a movie", "The user liked Foggy Alibi and Noisy Weekend, then two more; next:", "films",
            "Give me one more film with Iron in its title, please"]
@@ -25,15 +25,10 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def setup():
-    """Tiny model + a 36-item catalogue with shared prefixes, titles that prefix others, and two duplicates."""
-    catalogue = load_default_catalog().titles
-    base = [t for t in dict.fromkeys(catalogue) if not t.startswith("Iron")][:30]
-    titles = base + ["Iron", "Iron Spell", "Iron Spell II", "Iron Spell III", base[0], base[3]]
-    model, tok = make_tiny_model(catalogue + PROMPTS + [LONG_TITLE])
-    trie = title_trie(tok, titles, [1.0] * len(titles))
-    paths = encode_titles(tok, titles)
-    assert paths[30] == paths[31][: len(paths[30])], "need a title whose tokens prefix another's"
-    return model, tok, trie, titles
+    """Tiny model + test_decoding's 36-item catalogue (shared prefixes, titles that prefix others, two duplicates)."""
+    from test_decoding import tricky_catalogue
+
+    return tricky_catalogue(PROMPTS + [LONG_TITLE])[:4]
 
 
 def generate_slots(model, tok, prompts, trie, num_beams, length_penalty, temperature, max_new_tokens):

@@ -25,18 +25,23 @@ PROMPTS = [PROMPT, "The user liked Foggy Alibi and Noisy Weekend; next:", "films
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def setup():
-    """Tiny model + a 36-item catalogue with shared prefixes, titles that prefix others, and duplicates."""
+def tricky_catalogue(texts=()):
+    """Tiny model + a 36-item catalogue with shared prefixes, titles that prefix others, and two duplicates: (model,
+    tokenizer, trie, titles, token paths); the tokenizer also learns ``texts``."""
     catalogue = load_default_catalog().titles
     base = [t for t in dict.fromkeys(catalogue) if not t.startswith("Iron")][:30]
     titles = base + ["Iron", "Iron Spell", "Iron Spell II", "Iron Spell III", base[0], base[3]]
-    model, tok = make_tiny_model(catalogue + PROMPTS)
+    model, tok = make_tiny_model(catalogue + list(texts))
     trie = title_trie(tok, titles, [1.0] * len(titles))
     paths = encode_titles(tok, titles)
     assert paths[30] == paths[31][: len(paths[30])], "need a title whose tokens prefix another's"
     assert trie.terminal_nodes.numel() == len(titles) - 2, "two duplicate titles"
     return model, tok, trie, titles, paths
+
+
+@pytest.fixture(scope="module")
+def setup():
+    return tricky_catalogue(PROMPTS)
 
 
 def dict_children(paths, eos):
