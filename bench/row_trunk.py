@@ -10,6 +10,9 @@ Measured side by side in one run, on SmolLM2-135M-Instruct and real next-item ro
 * a training step of 16 rows (``Trainer.train_step``: SFT, and flow distillation, the costliest objective: the
   full-vocabulary log-softmax at every state and every child) on the per-row trunk against the same step
   through the whole model (``rollout.LMPolicy`` with the same LoRA adapters, lower layers frozen): the ratio;
+* RQ3's preference rows (each of ``--rows // 4`` train prompts with its target and 3 uniform rejected titles,
+  S-DPO's k): the states with the prompt run once for its 4 titles (tree attention) against the 4 rows run
+  apart (the same rows, one title each per call): seconds and the ratio;
 * constrained beam search (10 beams, 10 returned, batches of 8) over the whole catalogue trie:
   ``beam_search.recommend`` (one prompt pass, only the trie's children scored, finished rows leave the batch)
   against ``decoding.recommend`` (``generate``) on the same test rows: seconds per row, the ratio, and
@@ -30,6 +33,7 @@ import json
 import statistics
 import time
 
+import numpy as np
 import torch
 
 from flower_lite import beam_search, decoding
@@ -37,6 +41,7 @@ from flower_lite.config import Objective, RQ2Run
 from flower_lite.experiments.rq2.lm import run_config, run_setup
 from flower_lite.experiments.rq2.setup import reward_fn
 from flower_lite.models import find_smollm2_gguf
+from flower_lite.pairs import uniform_negatives
 from flower_lite.rollout import LMPolicy
 from flower_lite.row_trunk import row_states, trie_rows
 from flower_lite.train import Trainer
@@ -57,6 +62,17 @@ def step_seconds(policy, setup, objective: Objective, steps: int) -> float:
         trainer.train_step()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def pair_rows(setup, prompts: int, rejected: int = 3) -> list[list]:
+    """RQ3's preference rows of the last ``prompts`` train rows: per prompt, the target's row and ``rejected``
+    uniform rejected items' rows (``pairs.uniform_negatives``, seeded)."""
+    targets = np.asarray(setup.data.train.target)[-prompts:]
+    items = np.concatenate([targets[:, None], uniform_negatives(targets, setup.data.num_items, rejected,
+                                                                np.random.default_rng(0))], axis=1)
+    texts = setup.prompts["train"][-prompts:]
+    rows = trie_rows(setup.tokenizer, [t for t in texts for _ in range(rejected + 1)], items.ravel(), setup.trie)
+    return [rows[i : i + rejected + 1] for i in range(0, len(rows), rejected + 1)]
 
 
 def matmul_limit(parts, split: int, tokens: int = 4096, repeats: int = 3) -> float:
@@ -100,9 +116,21 @@ def main() -> None:
     row_states(base, rows, policy.split)
     states_s = time.perf_counter() - t0
     limit = matmul_limit(decoder_parts(base), policy.split)
+    pairs = pair_rows(setup, len(rows) // 4)
+    t0 = time.perf_counter()
+    row_states(base, [r for group in pairs for r in group], policy.split)
+    shared_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for j in range(len(pairs[0])):  # one title per prompt and call: nothing to share
+        row_states(base, [group[j] for group in pairs], policy.split)
+    apart_s = time.perf_counter() - t0
     out = {"bench": "row_trunk", "smoke": args.smoke, "model": run.model, "data": run.data, "rows": len(rows),
            "tokens": tokens, "states_s": states_s, "states_tokens_per_s": tokens / states_s,
-           "matmul_limit_tokens_per_s": limit, "states_share_of_limit": tokens / states_s / limit}
+           "matmul_limit_tokens_per_s": limit, "states_share_of_limit": tokens / states_s / limit,
+           "pair_prompts": len(pairs), "pair_states_shared_s": shared_s, "pair_states_apart_s": apart_s,
+           "pair_states_ratio": apart_s / shared_s}
+    print(f"preference rows: {len(pairs)} prompts x {len(pairs[0])} titles, states {shared_s:.1f} s with each prompt "
+          f"once, {apart_s:.1f} s apart ({apart_s / shared_s:.1f}x)", flush=True)
     for objective in (Objective("sft"), Objective("distill")):
         cached = step_seconds(new_policy(), setup, objective, args.steps)
         whole = new_policy()  # the same frozen lower layers and LoRA adapters, run as one model

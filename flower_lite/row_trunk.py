@@ -5,8 +5,9 @@ RQ2 (docs/method.md 7) trains on rows whose prompt is the user's own history, so
 title s_0 -> s_1 -> ... -> s_k. With the lower ``m`` decoder layers frozen, the input of layer m at every position
 of [prompt + title] depends only on the row's tokens, so it is computed **once per (model, rows, split layer)**
 (:func:`row_states`) and kept on disk, memory-mapped, in a folder named by a hash of what defines it; every
-method, θ, ablation and seed of a comparison reads the same folder. A training step then runs only the top
-``k`` layers (:class:`RowTrunkPolicy`), with gradients into them:
+method, θ and ablation of a comparison reads the same folder. Rows that share a prompt (RQ3's chosen and
+rejected titles) run as one sequence with tree attention, the prompt once (:func:`compute_states`). A training
+step then runs only the top ``k`` layers (:class:`RowTrunkPolicy`), with gradients into them:
 
 * rows are batched with the prompts LEFT-padded and the titles right-padded, so the root state s_0 (the last
   prompt position) sits in one column for every row and state s_t in the column t after it; RoPE positions count
@@ -131,32 +132,78 @@ class RowStates:
         return (block.view(torch.bfloat16) if self.dtype == torch.bfloat16 else block).float()
 
 
+def prompt_groups(rows: Sequence[Row]) -> list[list[int]]:
+    """Indices of ``rows`` grouped by prompt, in order of first appearance (RQ3's pair rows share one prompt)."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for r, row in enumerate(rows):
+        groups.setdefault(row.prompt, []).append(r)
+    return list(groups.values())
+
+
+def _tree_sequences(rows: Sequence[Row], groups: Sequence[list[int]]
+                    ) -> tuple[Tensor, Tensor, Tensor, list[list[tuple[int, int]]]]:
+    """One left-padded sequence per prompt group: the prompt once, then each row's title (tree attention).
+
+    Returns ``ids`` [B, width], RoPE ``positions`` [B, width], ``allowed`` bool [B, width, width] and, per group, each
+    row's title columns ``(start, end)``. A title token sees the prompt and the earlier tokens of its own title and
+    sits at the position it has in its own row, so every state equals the row's own causal pass; a group of one row
+    is that pass exactly. A padding column sees only itself (never an empty row, which would give NaN)."""
+    seqs, spans = [], []
+    for group in groups:
+        prompt = list(rows[group[0]].prompt)
+        seq, seg, pos, cols = prompt[:], [-1] * len(prompt), list(range(len(prompt))), []
+        for j, r in enumerate(group):
+            title = list(rows[r].title)
+            cols.append((len(seq), len(seq) + len(title)))
+            seq += title
+            seg += [j] * len(title)
+            pos += range(len(prompt), len(prompt) + len(title))
+        seqs.append((seq, seg, pos))
+        spans.append(cols)
+    width = max(len(s) for s, _, _ in seqs)
+    pad = [width - len(s) for s, _, _ in seqs]
+    ids = torch.tensor([[0] * p + s for p, (s, _, _) in zip(pad, seqs)])
+    seg = torch.tensor([[-2] * p + g for p, (_, g, _) in zip(pad, seqs)])
+    positions = torch.tensor([[0] * p + q for p, (_, _, q) in zip(pad, seqs)])
+    col = torch.arange(width)
+    real = seg > -2
+    same = (seg[:, None, :] == -1) | (seg[:, None, :] == seg[:, :, None])  # key is the prompt, or the query's own title
+    causal = (col[:, None] >= col[None, :])[None]
+    allowed = (causal & same & real[:, None, :] & real[:, :, None]) | torch.eye(width, dtype=torch.bool)
+    spans = [[(pad[b] + a, pad[b] + e) for a, e in cols] for b, cols in enumerate(spans)]
+    return ids, positions, allowed, spans
+
+
 @torch.no_grad()
 def compute_states(parts: DecoderParts, split: int, rows: Sequence[Row], out: np.ndarray, offsets: np.ndarray,
                    batch_tokens: int = 4096, progress: str | None = None) -> None:
     """Write the inputs of layer ``split`` at every position of ``rows`` into ``out`` [positions, H] (float32 or
-    bfloat16 bits), ``offsets`` [rows + 1] giving each row's slice. Rows run in batches of about ``batch_tokens``
-    padded tokens, longest first (little padding), through the embedding and ``layers[:split]`` in eval mode."""
+    bfloat16 bits), ``offsets`` [rows + 1] giving each row's slice. Rows that share a prompt run as one sequence,
+    the prompt once and each title attending to it alone (:func:`_tree_sequences`), so RQ3's pairs (one prompt, the
+    chosen and k rejected titles) cost one prompt pass instead of k + 1. Sequences run in batches of about
+    ``batch_tokens`` padded tokens, longest first (little padding), through the embedding and ``layers[:split]``
+    in eval mode."""
     lower = parts.layers[:split]
     device = next(parts.embed.parameters()).device
-    order = sorted(range(len(rows)), key=lambda r: -len(rows[r]))
+    groups = prompt_groups(rows)
+    length = [len(rows[g[0]].prompt) + sum(len(rows[r].title) for r in g) for g in groups]
+    order = sorted(range(len(groups)), key=lambda g: -length[g])
     batches, start = [], 0
     while start < len(order):
-        size = max(1, batch_tokens // len(rows[order[start]]))
-        batches.append(order[start : start + size])
+        size = max(1, batch_tokens // length[order[start]])
+        batches.append([groups[g] for g in order[start : start + size]])
         start += size
     bf16 = out.dtype == np.uint16
     with eval_mode(lower), torch.autocast(device.type, enabled=False):
         for batch in tqdm(batches, desc=progress, disable=progress is None, leave=False):
-            seqs = [list(rows[r].prompt) + list(rows[r].title) for r in batch]
-            width = max(len(s) for s in seqs)
-            ids = torch.tensor([[0] * (width - len(s)) + s for s in seqs], device=device)
-            pad = torch.tensor([width - len(s) for s in seqs], device=device)
-            positions, allowed = _causal(pad, width)
+            ids, positions, allowed, spans = _tree_sequences(rows, batch)
+            ids, positions, allowed = ids.to(device), positions.to(device), allowed.to(device)
             h = run_layers(parts, lower, parts.embed(ids), positions, allowed) if split else parts.embed(ids)
-            for b, r in enumerate(batch):
-                block = h[b, int(pad[b]):].float().cpu()
-                out[offsets[r] : offsets[r + 1]] = (block.to(torch.bfloat16).view(torch.uint16) if bf16 else block).numpy()
+            for b, group in enumerate(batch):
+                first = spans[b][0][0] - len(rows[group[0]].prompt)
+                for r, (a, e) in zip(group, spans[b]):
+                    block = torch.cat([h[b, first : spans[b][0][0]], h[b, a:e]]).float().cpu()
+                    out[offsets[r] : offsets[r + 1]] = (block.to(torch.bfloat16).view(torch.uint16) if bf16 else block).numpy()
 
 
 def row_states(model: nn.Module, rows: Sequence[Row], split: int, cache_dir: str | Path | None = None,
@@ -201,18 +248,6 @@ def row_states(model: nn.Module, rows: Sequence[Row], split: int, cache_dir: str
     if not np.array_equal(stored, offsets) or hidden.shape != (int(offsets[-1]), width):
         raise ValueError(f"row-state cache {folder} does not match its rows: delete the folder to compute it again")
     return RowStates(rows, hidden, offsets, dtype, split, folder)
-
-
-def _causal(pad: Tensor, width: int) -> tuple[Tensor, Tensor]:
-    """RoPE positions [B, width] and the causal mask [B, width, width] of left-padded rows (``pad`` [B] padding
-    columns each): real tokens are numbered from 0 and see the real tokens before them; a padding column sees
-    only itself (never an empty row, which would give NaN)."""
-    col = torch.arange(width, device=pad.device)
-    real = col[None] >= pad[:, None]  # [B, width]
-    positions = (col[None] - pad[:, None]).clamp_min(0)
-    causal = col[None, :, None] >= col[None, None, :]
-    allowed = (causal & real[:, None, :] & real[:, :, None]) | torch.eye(width, dtype=torch.bool, device=pad.device)
-    return positions, allowed
 
 
 # --------------------------------------------------------------------------------------------

@@ -171,11 +171,12 @@ SEED_COLUMNS = (("HR@10", "hit@10"), ("NDCG@10", "ndcg@10"), ("DGU", "dgu"), ("M
 
 
 def rq2_seed_table(name: str) -> str:
-    """Means over seeds with their 95% t-intervals, and the seed-averaged difference to BIGRec (SFT) in HR@10."""
+    """Means over seeds with their 95% t-intervals, and the seed-averaged difference to BIGRec (SFT) in HR@10 and
+    NDCG@10 with the t-interval of its spread over seeds."""
     r = read(name)
-    rows = [[x["method"], *(interval(x, k) for _, k in SEED_COLUMNS), interval(x, "d_hit@10", signed=True)]
-            for x in r["rows"]]
-    header = ["method", *(c for c, _ in SEED_COLUMNS), "ΔHR@10 vs SFT"]
+    rows = [[x["method"], *(interval(x, k) for _, k in SEED_COLUMNS), interval(x, "d_hit@10", signed=True),
+             interval(x, "d_ndcg@10", signed=True)] for x in r["rows"]]
+    header = ["method", *(c for c, _ in SEED_COLUMNS), "ΔHR@10 vs SFT", "ΔNDCG@10 vs SFT"]
     return commands(r) + "\n" + markdown(header, rows) + "\n" + when(r)
 
 

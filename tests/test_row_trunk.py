@@ -134,6 +134,28 @@ def test_bfloat16_states_stay_close(catalogue):
     assert 0 < float((a - b).abs().max()) <= 0.02 * float(a.abs().max())
 
 
+@pytest.mark.parametrize("arch", ["qwen2-sdpa", "qwen2-eager"])
+def test_rows_that_share_a_prompt_run_it_once_and_get_their_own_rows_states(arch, catalogue):
+    """RQ3's pairs (one prompt, several titles) run as one tree-attended sequence: each row's states equal the row
+    computed alone, and the lower layers see each prompt once."""
+    tok, trie = catalogue
+    items = [0, 5, 11, 3, 17, 9, 21]
+    prompts = [PROMPTS[1]] * 4 + [PROMPTS[2]] * 2 + [PROMPTS[0]]
+    rows = trie_rows(tok, prompts, items, trie)
+    model = tiny(arch, tok)
+    seen = []
+    hook = decoder_parts(model).layers[0].register_forward_hook(lambda m, i, o: seen.append(i[0].shape[0] * i[0].shape[1]))
+    grouped = row_states(model, rows, split=2)
+    hook.remove()
+    prompt_tokens = [len(tok(p)["input_ids"]) for p in dict.fromkeys(prompts)]
+    assert sum(seen) == 3 * max(len(r.prompt) + sum(len(x.title) for x in rows if x.prompt == r.prompt) for r in rows)
+    assert sum(seen) < sum(len(r) for r in rows) and len(prompt_tokens) == 3
+    for r, row in enumerate(rows):
+        alone = row_states(model, [row], split=2)
+        torch.testing.assert_close(grouped.row(r), alone.row(0), atol=1e-5, rtol=0)
+    assert float(grouped.row(1)[-1].sub(grouped.row(0)[-1]).abs().max()) > 1e-3  # titles do not see each other's
+
+
 def test_a_changed_row_or_model_invalidates_the_cache(catalogue, tmp_path):
     tok, trie = catalogue
     items = [0, 5, 11]

@@ -245,8 +245,9 @@ def rejected_items(setup, negatives: str, k: int, rng: np.random.Generator) -> n
 
 def on_pairs(policy, setup, prompts: Sequence[str], chosen: np.ndarray, rejected: np.ndarray, cache_dir=None):
     """``policy`` able to score the pairs' titles: a :class:`~flower_lite.row_trunk.RowTrunkPolicy` gets the stored
-    lower-layer states of every (prompt, chosen) and (prompt, rejected) row (computed once, in ``cache_dir``); a
-    plain model becomes an :class:`~flower_lite.rollout.LMPolicy`."""
+    lower-layer states of every (prompt, chosen) and (prompt, rejected) row (computed once, in ``cache_dir``, each
+    prompt's lower layers once for its k + 1 titles: tree attention); a plain model becomes an
+    :class:`~flower_lite.rollout.LMPolicy`."""
     from ..rollout import LMPolicy
     from ..row_trunk import RowTrunkPolicy, row_states, trie_rows
 

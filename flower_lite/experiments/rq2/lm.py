@@ -3,8 +3,9 @@
 For a pretrained model (SmolLM2 on a CPU) every trained method of one comparison starts from the same weights and
 trains only the top ``run.top_layers`` decoder layers (LoRA of rank ``run.rank``): the lower layers' outputs at
 [prompt + target title] of every train and validation row are computed once (:func:`flower_lite.row_trunk.row_states`,
-kept in ``run.cache_dir`` under a key of the model, the rows and the split) and shared by every method, θ and seed
-(notebooks 04 and 05, ``flower-lite compare --model smollm2``).
+kept in ``run.cache_dir`` under a key of the model, the rows and the split) and shared by every method and θ of a
+comparison and by every later run on the same rows (another seed draws other validation rows, so its states are
+computed once more; notebooks 04 and 05, ``flower-lite compare --model smollm2``).
 """
 from __future__ import annotations
 
