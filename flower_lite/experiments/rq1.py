@@ -42,27 +42,37 @@ class Target:
         return self.counts / self.counts.sum()
 
 
-def load_target(source: str = "default", num_titles: int = 100, shared: str | Path | None = None) -> Target:
-    """The ``num_titles`` most popular titles of a catalogue with their counts.
+PAPER_TARGETS = {"movies100": "movies_100.json", "movies1439": "movies_1439.json"}
+"""The paper's two RQ1 targets: files of ``{title: count}`` in ``movies_rq1/`` of the shared data folder."""
+
+
+CATALOGUE_TITLES = 100
+"""The target's size on a catalogue when none is given (the paper's first RQ1 target has 100 titles)."""
+
+
+def load_target(source: str = "default", num_titles: int | None = None, shared: str | Path | None = None) -> Target:
+    """The ``num_titles`` most popular titles of a catalogue with their counts (None: every title of the paper's
+    files, :data:`CATALOGUE_TITLES` of a catalogue).
 
     ``default``: the embedded synthetic catalogue; ``movielens``: MovieLens-100k from the ``recbole``
-    wheel; ``movies100``: the paper's own 100 movie titles (``movies_rq1/movies_100.json`` under the
-    shared data folder, ``FLOWER_LITE_DATA``); any other value is a catalogue folder
+    wheel; ``movies100`` / ``movies1439``: the paper's own 100 and 1,439 movie titles
+    (``movies_rq1/movies_100.json``, ``movies_1439.json`` under the shared data folder, ``FLOWER_LITE_DATA``; a
+    ``num_titles`` below the file's size keeps its first titles); any other value is a catalogue folder
     (``items.tsv`` and ``interactions.tsv``, as ``data/default``). Duplicate titles are merged (their
     counts added).
     """
-    if source == "movies100":
+    if source in PAPER_TARGETS:
         from ..data.bigrec import DATA_ENV, shared_data_dir
 
         root = Path(shared) if shared is not None else shared_data_dir()
-        path = (root / "movies_rq1" / "movies_100.json") if root is not None else None
+        path = (root / "movies_rq1" / PAPER_TARGETS[source]) if root is not None else None
         if path is None or not path.exists():
-            raise FileNotFoundError(f"the paper's 100 movies (movies_rq1/movies_100.json) are not in the shared data "
-                                    f"folder ({'looked in ' + str(path) if path else 'none found'}): set {DATA_ENV} to "
-                                    "the folder that holds movies_rq1/")
+            raise FileNotFoundError(f"the paper's {source[6:]} movies (movies_rq1/{PAPER_TARGETS[source]}) are not in "
+                                    f"the shared data folder ({'looked in ' + str(path) if path else 'none found'}): "
+                                    f"set {DATA_ENV} to the folder that holds movies_rq1/")
         counts = json.loads(path.read_text(encoding="utf-8"))
         titles = list(counts)[:num_titles]
-        return Target("movies100", titles, np.array([counts[t] for t in titles], dtype=np.float64))
+        return Target(source, titles, np.array([counts[t] for t in titles], dtype=np.float64))
     if source == "default":
         from ..data import load_default_catalog
 
@@ -80,7 +90,7 @@ def load_target(source: str = "default", num_titles: int = 100, shared: str | Pa
     by_title: dict[str, float] = {}
     for title, c in zip(catalog.titles, catalog.counts()):
         by_title[title] = by_title.get(title, 0.0) + float(c)
-    ranked = sorted(by_title.items(), key=lambda kv: (-kv[1], kv[0]))[:num_titles]
+    ranked = sorted(by_title.items(), key=lambda kv: (-kv[1], kv[0]))[: num_titles or CATALOGUE_TITLES]
     return Target(source, [t for t, _ in ranked], np.array([c for _, c in ranked], dtype=np.float64))
 
 
