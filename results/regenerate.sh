@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Rerun every command whose record feeds a table of results/README.md, then render the tables.
-# About 4.5 hours on a 2-core CPU (the SmolLM2 RQ1 table an hour, the full SmolLM2 Movies & TV table two), one command at a time (set FLOWER_LITE_LOCK to a lock file to wait for it).
+# About 7 hours on a 2-core CPU (the SmolLM2 RQ1 table an hour, the full SmolLM2 Movies & TV and MovieLens tables two each), one command at a time (set FLOWER_LITE_LOCK to a lock file to wait for it).
 #   bash results/regenerate.sh            # everything
 #   bash results/regenerate.sh "rq2_quick*"  # only the records whose name matches the pattern
 set -euo pipefail
@@ -35,10 +35,13 @@ run target_fit "$PY" results/target_fit.py --steps 300 --seed 0 --out $R/target_
 run target_fit_warm "$PY" results/target_fit.py --steps 300 --seed 0 --warm-start --out $R/target_fit_warm.json
 run rq2_movies "$FL" compare --data Movies_and_TV --steps 300 --train-rows 2000 --test-rows 100 --valid-rows 64 \
     --out $R/rq2_movies.json
-run rq2_smollm2_movielens "$FL" compare --model smollm2 --data movielens --train-rows 600 --valid-rows 48 --test-rows 200 \
-    --steps 100 --threads 1 --objectives distill db:0.995 --out $R/rq2_smollm2_movielens.json
+run rq2_smollm2_movielens "$FL" compare --model smollm2 --data movielens --train-rows 5000 --valid-rows 200 \
+    --test-rows 1000 --steps 300 --objectives distill db db:0.9,0.99,0.995 --out $R/rq2_smollm2_movielens.json
 run rq2_smollm2_movies "$FL" compare --model smollm2 --data Movies_and_TV --train-rows 5000 --valid-rows 200 \
     --test-rows 1000 --steps 300 --objectives distill db db:0.9,0.99,0.995 --out $R/rq2_smollm2_movies.json
+run rq2_smollm2_seeds "$FL" compare --model smollm2 --data Movies_and_TV --train-rows 600 --valid-rows 50 \
+    --test-rows 100 --steps 40 --methods popularity SASRec "BIGRec (SFT)" Flower --objectives db:0.99 --seeds 0 1 2 \
+    --out $R/rq2_smollm2_seeds.json
 run rq3_tiny "$PY" results/rq3_table.py --data default --train-rows 1200 --valid-rows 32 --test-rows 128 --steps 300 \
     --align-steps 100 --align-lr 0.003 --out $R/rq3_tiny.json
 run rq1_stops_smollm2 "$PY" results/rq1_table.py --model smollm2 --stops --out $R/rq1_stops_smollm2.json
