@@ -159,10 +159,12 @@ def rq2_seeds(*names: str) -> str:
 
 
 def interval(row: dict, key: str, signed: bool = False) -> str:
-    """``0.061 [0.052, 0.070]``: the mean over seeds and its 95% t-interval (``compare --seeds``); empty if absent."""
+    """``0.061 [0.052, 0.070]``: the mean over seeds and its 95% t-interval (``compare --seeds``); empty if absent.
+    Counts (coverage) get one decimal."""
     if key not in row:
         return ""
-    f = "{:+.3f}" if signed else "{:.3f}"
+    digits = 1 if key == "coverage" else 3
+    f = f"{{:{'+' if signed else ''}.{digits}f}}"
     return f"{f.format(row[key])} [{f.format(row[key + '_lo'])}, {f.format(row[key + '_hi'])}]"
 
 
@@ -216,6 +218,7 @@ TABLES: dict[str, Table] = {
     "rq2-check": Table(["rq2_check"], lambda: rq2_table("rq2_check")),
     "rq2-smollm2-movies": Table(["rq2_smollm2_movies"], lambda: rq2_paired_table("rq2_smollm2_movies")),
     "rq2-smollm2-movielens": Table(["rq2_smollm2_movielens"], lambda: rq2_paired_table("rq2_smollm2_movielens")),
+    "rq2-smollm2-seeds": Table(["rq2_smollm2_seeds"], lambda: rq2_seed_table("rq2_smollm2_seeds")),
     "rq3-tiny": Table(["rq3_tiny"], lambda: rq3_table("rq3_tiny")),
     "rq1-stops": Table(["rq1_stops_smollm2", "rq1_stops_tiny"], lambda: rq1_stops("rq1_stops_smollm2", "rq1_stops_tiny")),
     "rq1-smollm2": Table(["rq1_smollm2"], lambda: rq1_table("rq1_smollm2")),
