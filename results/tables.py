@@ -210,6 +210,7 @@ ABLATIONS = ("rq2_theta_0.99", "rq2_add_log_s", "rq2_catalog", "rq2_mixed", "rq2
              "rq2_catalog_0.998", "rq2_catalog_0.999", "rq2_pop_alpha_0.5", "rq2_pop_alpha_0.5_mixed")
 TABLES: dict[str, Table] = {
     "rq2-default": Table(["rq2_default"], lambda: rq2_table("rq2_default")),
+    "rq2-default-seeds": Table(["rq2_default_seeds"], lambda: rq2_seed_table("rq2_default_seeds")),
     "rq2-ablations": Table(["rq2_default", *ABLATIONS], lambda: rq2_ablation("rq2_default", *ABLATIONS)),
     "rq2-seeds": Table([f"rq2_quick_seed{s}" for s in range(4)], lambda: rq2_seeds(*(f"rq2_quick_seed{s}" for s in range(4)))),
     "rq2-target-fit": Table(["target_fit"], lambda: target_fit("target_fit")),
