@@ -13,6 +13,9 @@ Measured side by side in one run, on SmolLM2-135M-Instruct and real next-item ro
 * RQ3's preference rows (each of ``--rows // 4`` train prompts with its target and 3 uniform rejected titles,
   S-DPO's k): the states with the prompt run once for its 4 titles (tree attention) against the 4 rows run
   apart (the same rows, one title each per call): seconds and the ratio;
+* a step of RQ3's RL baseline (``rq3.rloo_align``: 8 train prompts, 4 trie-constrained samples each, the reference
+  the start's weights) on the per-row trunk (each prompt run once for its samples, the sampled rows' states stored
+  per step) against the whole model beside a frozen copy: seconds and the ratio;
 * constrained beam search (10 beams, 10 returned, batches of 8) over the whole catalogue trie:
   ``beam_search.recommend`` (one prompt pass, only the trie's children scored, finished rows leave the batch)
   against ``decoding.recommend`` (``generate``) on the same test rows: seconds per row, the ratio, and
@@ -40,6 +43,7 @@ from flower_lite import beam_search, decoding
 from flower_lite.config import Objective, RQ2Run
 from flower_lite.experiments.rq2.lm import run_config, run_setup
 from flower_lite.experiments.rq2.setup import reward_fn
+from flower_lite.experiments.rq3 import AlignConfig, rloo_align
 from flower_lite.models import find_smollm2_gguf
 from flower_lite.pairs import uniform_negatives
 from flower_lite.rollout import LMPolicy
@@ -140,6 +144,14 @@ def main() -> None:
         out[f"{objective.loss}_step_ratio"] = full / cached
         print(f"{objective.loss}: step of 16 rows {cached:.3f} s on the per-row trunk, {full:.3f} s through the whole "
               f"model ({full / cached:.1f}x)", flush=True)
+    rloo = AlignConfig(steps=args.steps, batch_size=8)
+    for key, start in (("rloo_step_s", new_policy()), ("rloo_full_step_s", new_policy().module)):
+        t0 = time.perf_counter()
+        rloo_align(setup, start, rloo, samples=4)
+        out[key] = (time.perf_counter() - t0) / args.steps
+    out["rloo_step_ratio"] = out["rloo_full_step_s"] / out["rloo_step_s"]
+    print(f"RL baseline: a step of 8 prompts x 4 samples {out['rloo_step_s']:.2f} s on the per-row trunk, "
+          f"{out['rloo_full_step_s']:.2f} s through the whole model ({out['rloo_step_ratio']:.1f}x)", flush=True)
     model = policy.module.eval()
     prompts = setup.prompts["test"][: args.decode_rows]
     settings = dict(num_beams=10, num_return=10, max_new_tokens=setup.trie.max_path_length, batch_size=8)

@@ -148,6 +148,12 @@ class PromptPass:
         """The same values cut from the graph, in a cache of their own (sampling appends to it)."""
         return PromptPass(self.logits.detach(), _map_cache(self.cache, Tensor.detach), self.cache_arg)
 
+    def repeated(self, n: int) -> "PromptPass":
+        """Each prompt's row ``n`` times in a row (``[B * n, ...]``), cut from the graph: ``n`` samples per prompt
+        from one pass over it."""
+        rep = lambda t: t.detach().repeat_interleave(n, dim=0)  # noqa: E731
+        return PromptPass(rep(self.logits), _map_cache(self.cache, rep), self.cache_arg)
+
 
 def _cache_of(output) -> tuple[object, str]:
     if hasattr(output, "cache"):
@@ -268,10 +274,15 @@ class LMPolicy:
         return [teacher_forced(self.forward_module, batch.encoded, t, eos_id, c) for t, c in zip(trajs, kids)]
 
     def sample(self, batch: PromptBatch, trie: Trie, temperature: float, generator: torch.Generator,
-               max_new_tokens: int) -> Trajectories:
-        """One trie-masked title per prompt (:func:`sample_on_policy`), from the batch's shared prompt pass."""
+               max_new_tokens: int, repeats: int = 1) -> Trajectories:
+        """One trie-masked title per prompt (:func:`sample_on_policy`), from the batch's shared prompt pass;
+        ``repeats`` > 1: that many per prompt, rows ``[B * repeats]`` in prompt order, each prompt run once."""
         first = self._first(batch)
-        return sample_on_policy(self.module, batch.encoded, trie, temperature, generator, max_new_tokens, first=first)
+        if repeats == 1:
+            return sample_on_policy(self.module, batch.encoded, trie, temperature, generator, max_new_tokens, first=first)
+        encoded = {k: v.repeat_interleave(repeats, dim=0) for k, v in batch.encoded.items()}
+        first = None if first is None else first.repeated(repeats)
+        return sample_on_policy(self.module, encoded, trie, temperature, generator, max_new_tokens, first=first)
 
     def stop_log_probs(self, prompt: str, trie: Trie) -> Tensor:
         """log pi(T | s) at every state after ``prompt``: float64 [num_nodes], NaN at terminal nodes

@@ -38,7 +38,8 @@ EXPECTED: dict[str, list[str]] = {
     "row_trunk": ["rows", "tokens", "states_s", "states_tokens_per_s", "matmul_limit_tokens_per_s", "sft_step_s",
                   "sft_full_step_s", "sft_step_ratio",
                   "distill_step_s", "distill_full_step_s", "distill_step_ratio", "generate_s_per_row", "beam_s_per_row",
-                  "beam_ratio", "rankings_equal", "pair_states_shared_s", "pair_states_apart_s", "pair_states_ratio"],
+                  "beam_ratio", "rankings_equal", "pair_states_shared_s", "pair_states_apart_s", "pair_states_ratio",
+                  "rloo_step_s", "rloo_full_step_s", "rloo_step_ratio"],
     "trunk": ["step_cached_s", "step_full_s", "step_ratio", "bf16_ratio", "dist_ratio", "sample_ratio", "cache_s"],
 }
 

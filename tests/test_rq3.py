@@ -9,7 +9,7 @@ from flower_lite.experiments import rq3
 from flower_lite.models import make_tiny_model
 from flower_lite.pairs import uniform_negatives
 from flower_lite.prompts import build_prompt, encode_titles, title_trie
-from flower_lite.rollout import LMPolicy
+from flower_lite.rollout import LMPolicy, prompt_pass
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -224,6 +224,51 @@ def test_rloo_from_a_start_raises_the_sasrec_reward_of_its_samples(tmp_path):
     rewards = [x["reward"] for x in log]
     print(round(np.mean(rewards[:10]), 3), round(np.mean(rewards[-10:]), 3))
     assert np.mean(rewards[-10:]) > np.mean(rewards[:10]) + 0.03
+
+
+def test_sampling_several_titles_per_prompt_runs_each_prompt_once_and_equals_the_repeated_batch(reference):
+    """LMPolicy.sample(repeats=n): the same titles as sampling the batch of each prompt n times in a row with the same
+    generator, with one prompt pass over the distinct prompts."""
+    model, tok, prompts = reference
+    trie, policy = _trie(tok), LMPolicy(model, tok)
+    distinct = prompts[:3]
+    with torch.no_grad():
+        once = policy.sample(policy.prompts(distinct), trie, 1.0, torch.Generator().manual_seed(5), 16, repeats=4)
+        rows = policy.prompts([p for p in distinct for _ in range(4)])
+        apart = policy.sample(rows, trie, 1.0, torch.Generator().manual_seed(5), 16)
+    assert once.tokens.shape[0] == 12 and torch.equal(once.tokens, apart.tokens)
+    assert torch.equal(once.lengths, apart.lengths)
+    assert len(set(map(tuple, once.tokens.tolist()))) > 3  # the repeats of a prompt are not copies of one sample
+    with torch.no_grad():  # the shared pass, repeated, is the pass over the repeated batch: logits and every layer's cache
+        shared, full = prompt_pass(model, policy.prompts(distinct).encoded).repeated(4), prompt_pass(model, rows.encoded)
+    assert torch.allclose(shared.logits, full.logits, atol=1e-5)
+    for a, b in zip(shared.cache.layers, full.cache.layers):
+        assert torch.allclose(a.keys, b.keys, atol=1e-5) and torch.allclose(a.values, b.values, atol=1e-5)
+
+
+def test_rloo_on_the_per_row_trunk_follows_the_whole_model(tmp_path):
+    """The RL baseline on the per-row trunk (sampled rows stored per step, the start's top-layer weights as the
+    reference) takes the steps the whole model takes beside a frozen copy: the same samples, rewards, KL and loss."""
+    from flower_lite.config import RQ2Run
+    from flower_lite.experiments.rq2.lm import run_setup
+    from flower_lite.row_trunk import RowTrunkPolicy
+
+    run = RQ2Run(train_rows=200, valid_rows=4, test_rows=4, trunk_layers=1, lora_rank=4, cache_dir=str(tmp_path))
+    setup, new_policy, _ = run_setup(run)
+    policy = new_policy()
+    assert isinstance(policy, RowTrunkPolicy)
+    for m in policy.module.modules():  # LoRA dropout off: both paths then compute the same function
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    whole = copy.deepcopy(policy.module)
+    config = rq3.AlignConfig(steps=4, batch_size=4, lr=3e-2)
+    _, on_rows = rq3.rloo_align(setup, policy, config, samples=3)
+    _, apart = rq3.rloo_align(setup, whole, config, samples=3)
+    assert [x["reward"] for x in on_rows] == [x["reward"] for x in apart]
+    assert abs(on_rows[0]["kl"]) < 1e-6  # the start is the reference
+    assert max(abs(x["kl"]) for x in on_rows[1:]) > 1e-4  # and the policy moves away from it
+    for a, b in zip(on_rows, apart):
+        assert a["kl"] == pytest.approx(b["kl"], abs=1e-4) and a["loss"] == pytest.approx(b["loss"], abs=1e-4)
 
 
 def test_constrained_sequence_log_probs_sum_to_one_over_the_catalogue(reference):

@@ -298,22 +298,31 @@ def sampled_items(trie: Trie, traj) -> Tensor:
 
 def rloo_align(setup, start_policy, config: AlignConfig = AlignConfig(), samples: int = 4, kl_coef: float = RLOO_KL):
     """The RQ3 RL baseline (the role of the paper's PPO): REINFORCE leave-one-out from ``start_policy``'s weights.
-    Each step samples ``samples`` trie-constrained titles for each of ``config.batch_size`` train prompts; a title's
-    reward is its SASRec preference p_ui, min-max normalised over the row's catalogue (the paper's PPO reward), and
-    its KL penalty compares the policy's log-probability with the start's (a frozen copy: sampled titles are new
-    every step, so the reference runs on them). Both are the log-probabilities of trie-constrained sampling, the
-    distribution the titles are drawn from, so the gradient is the policy gradient of what is sampled. The whole
-    model runs (sampled titles are not stored rows). Returns the trained module and its log per step (loss, mean
-    reward, mean log pi - log pi_ref of the samples)."""
+    Each step samples ``samples`` trie-constrained titles for each of ``config.batch_size`` train prompts (each
+    prompt run once for its samples); a title's reward is its SASRec preference p_ui, min-max normalised over the
+    row's catalogue (the paper's PPO reward), and its KL penalty compares the policy's log-probability with the
+    start's. Both are the log-probabilities of trie-constrained sampling, the distribution the titles are drawn
+    from, so the gradient is the policy gradient of what is sampled. On the per-row trunk
+    (:class:`~flower_lite.row_trunk.RowTrunkPolicy`) the sampled (prompt, title) rows get their lower-layer states
+    once per step (tree attention: each prompt once) and the top layers score them, the reference being the
+    start's top-layer weights put back for one pass; a plain model runs whole, beside a frozen copy as the
+    reference. Returns the trained module and its log per step (loss, mean reward, mean log pi - log pi_ref of the
+    samples)."""
     import copy
 
     from ..rollout import LMPolicy
+    from ..row_trunk import RowTrunkPolicy, row_states, trie_rows
+    from ..train import load_trainable, trainable_state
 
     if setup.preferences is None:
         raise ValueError("the RL baseline's reward is SASRec's p_ui: build the set-up with a SASRec")
     module = getattr(start_policy, "module", start_policy)
-    policy = LMPolicy(module, setup.tokenizer)
-    reference = LMPolicy(copy.deepcopy(module).eval().requires_grad_(False), setup.tokenizer)
+    sampler = LMPolicy(module, setup.tokenizer)
+    on_rows = isinstance(start_policy, RowTrunkPolicy)
+    if on_rows:
+        start_weights = trainable_state(module)
+    else:
+        reference = LMPolicy(copy.deepcopy(module).eval().requires_grad_(False), setup.tokenizer)
     train_rows = len(setup.data.train)
     first = 0 if config.rows is None else max(0, train_rows - config.rows)
     prefs = setup.preferences[setup.offsets.get("train", 0):][:train_rows].double()
@@ -323,16 +332,30 @@ def rloo_align(setup, start_policy, config: AlignConfig = AlignConfig(), samples
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
     generator = torch.Generator(device="cpu").manual_seed(config.seed)
     log = []
-    module.train()
     for step in range(config.steps):
         rows = first + batch_indices(train_rows - first, config.batch_size, step, config.seed)
-        prompts = [setup.prompts["train"][r] for r in rows for _ in range(samples)]
-        traj = policy.sample(policy.prompts(prompts), setup.trie, 1.0, generator, setup.trie.max_path_length)
+        distinct = [setup.prompts["train"][r] for r in rows]
+        prompts = [p for p in distinct for _ in range(samples)]
+        module.eval()  # sampling and the reference without dropout
+        with torch.no_grad():
+            traj = sampler.sample(sampler.prompts(distinct), setup.trie, 1.0, generator, setup.trie.max_path_length,
+                                  repeats=samples)
         items = sampled_items(setup.trie, traj).cpu()
         reward = scaled[torch.as_tensor(np.repeat(rows, samples)), items].view(len(rows), samples)
+        if on_rows:
+            stored = trie_rows(setup.tokenizer, prompts, items.numpy(), setup.trie)
+            policy = start_policy.with_states(row_states(module, list(dict.fromkeys(stored)), start_policy.split))
+            with torch.no_grad():
+                now = trainable_state(module)
+                load_trainable(module, start_weights)
+                ref = sequence_log_probs(policy, setup.trie, prompts, items.numpy(), constrained=True)
+                load_trainable(module, now)
+        else:
+            policy = sampler
+            with torch.no_grad():
+                ref = sequence_log_probs(reference, setup.trie, prompts, items.numpy(), constrained=True)
+        module.train()
         lp = sequence_log_probs(policy, setup.trie, prompts, items.numpy(), constrained=True).view(len(rows), samples)
-        with torch.no_grad():
-            ref = sequence_log_probs(reference, setup.trie, prompts, items.numpy(), constrained=True)
         ref = ref.view(len(rows), samples)
         value = rloo_loss(lp, reward.to(lp), ref, kl_coef)
         optimizer.zero_grad(set_to_none=True)
