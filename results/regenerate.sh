@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Rerun every command whose record feeds a table of results/README.md, then render the tables.
-# About 7 hours on a 2-core CPU (the SmolLM2 RQ1 table an hour, the full SmolLM2 Movies & TV and MovieLens tables two each), one command at a time (set FLOWER_LITE_LOCK to a lock file to wait for it).
+# About 9 hours on a 2-core CPU (the SmolLM2 RQ1 table an hour, the SmolLM2 RQ3 table an hour and a half, the full SmolLM2 Movies & TV and MovieLens tables two each), one command at a time (set FLOWER_LITE_LOCK to a lock file to wait for it).
 #   bash results/regenerate.sh            # everything
 #   bash results/regenerate.sh "rq2_quick*"  # only the records whose name matches the pattern
 set -euo pipefail
@@ -47,6 +47,9 @@ run rq2_smollm2_seeds "$FL" compare --model smollm2 --data Movies_and_TV --train
     --out $R/rq2_smollm2_seeds.json
 run rq3_tiny "$PY" results/rq3_table.py --data default --train-rows 1200 --valid-rows 32 --test-rows 128 --steps 300 \
     --align-steps 100 --align-lr 0.003 --out $R/rq3_tiny.json
+run rq3_smollm2_movies "$PY" results/rq3_table.py --model smollm2 --data Movies_and_TV --train-rows 5000 --valid-rows 200 \
+    --test-rows 400 --steps 300 --objectives db --align-rows 1000 --align-lr 3e-4 --aligners S-DPO "DMPO (as coded)" RosePO \
+    --out $R/rq3_smollm2_movies.json
 run rq1_stops_smollm2 "$PY" results/rq1_table.py --model smollm2 --stops --out $R/rq1_stops_smollm2.json
 run rq1_stops_tiny "$PY" results/rq1_table.py --model tiny --stops --out $R/rq1_stops_tiny.json
 run rq1_tiny "$PY" results/rq1_table.py --model tiny --steps 200 --out $R/rq1_tiny.json

@@ -221,6 +221,7 @@ TABLES: dict[str, Table] = {
     "rq2-smollm2-movielens": Table(["rq2_smollm2_movielens"], lambda: rq2_paired_table("rq2_smollm2_movielens")),
     "rq2-smollm2-seeds": Table(["rq2_smollm2_seeds"], lambda: rq2_seed_table("rq2_smollm2_seeds")),
     "rq3-tiny": Table(["rq3_tiny"], lambda: rq3_table("rq3_tiny")),
+    "rq3-smollm2-movies": Table(["rq3_smollm2_movies"], lambda: rq3_table("rq3_smollm2_movies")),
     "rq1-stops": Table(["rq1_stops_smollm2", "rq1_stops_tiny"], lambda: rq1_stops("rq1_stops_smollm2", "rq1_stops_tiny")),
     "rq1-smollm2": Table(["rq1_smollm2"], lambda: rq1_table("rq1_smollm2")),
     "rq1-tiny": Table(["rq1_tiny"], lambda: rq1_table("rq1_tiny")),
