@@ -10,6 +10,8 @@ Measured side by side in one run, on SmolLM2-135M-Instruct and real next-item ro
 * a training step of 16 rows (``Trainer.train_step``: SFT, and flow distillation, the costliest objective: the
   full-vocabulary log-softmax at every state and every child) on the per-row trunk against the same step
   through the whole model (``rollout.LMPolicy`` with the same LoRA adapters, lower layers frozen): the ratio;
+  beside it the step's own matrix-multiply limit (the top layers over 16 rows of the mean length and the LM head
+  over their titles, forward and input gradient, alone);
 * RQ3's preference rows (each of ``--rows // 4`` train prompts with its target and 3 uniform rejected titles,
   S-DPO's k): the states with the prompt run once for its 4 titles (tree attention) against the 4 rows run
   apart (the same rows, one title each per call): seconds and the ratio;
@@ -95,6 +97,29 @@ def matmul_limit(parts, split: int, tokens: int = 4096, repeats: int = 3) -> flo
     return tokens / best
 
 
+def step_matmul_limit(parts, split: int, rows, batch: int = 16, repeats: int = 3) -> float:
+    """Seconds of the matrix multiplies a training step of ``batch`` rows of the mean length of ``rows`` cannot avoid
+    on the per-row trunk: every linear layer of ``parts.layers[split:]`` over every position and the LM head over
+    the title positions (title + T), each forward and for the input gradient (two multiplies of the same size; the
+    frozen weights need no weight gradient). No attention, norm, activation, loss or optimizer: the best of
+    ``repeats``, a bound no implementation of the step can beat on this machine."""
+    positions = round(batch * float(np.mean([len(r) + 1 for r in rows])))
+    titles = round(batch * float(np.mean([len(r.title) + 1 for r in rows])))
+    linears = [m for layer in parts.layers[split:] for m in layer.modules() if isinstance(m, torch.nn.Linear)]
+    work = [(torch.randn(positions, m.in_features), m.weight) for m in linears]
+    work.append((torch.randn(titles, parts.lm_head.in_features), parts.lm_head.weight))
+    grads = [torch.randn(x.shape[0], w.shape[0]) for x, w in work]
+    best = float("inf")
+    with torch.no_grad():
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            for (x, w), g in zip(work, grads):
+                torch.nn.functional.linear(x, w)  # forward
+                g @ w  # the input gradient
+            best = min(best, time.perf_counter() - t0)
+    return best
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", default="movielens")
@@ -135,6 +160,8 @@ def main() -> None:
            "pair_states_ratio": apart_s / shared_s}
     print(f"preference rows: {len(pairs)} prompts x {len(pairs[0])} titles, states {shared_s:.1f} s with each prompt "
           f"once, {apart_s:.1f} s apart ({apart_s / shared_s:.1f}x)", flush=True)
+    out["step_matmul_limit_s"] = step_floor = step_matmul_limit(decoder_parts(base), policy.split, rows)
+    print(f"a step of 16 rows: its matrix multiplies alone {step_floor:.3f} s", flush=True)
     for objective in (Objective("sft"), Objective("distill")):
         cached = step_seconds(new_policy(), setup, objective, args.steps)
         whole = new_policy()  # the same frozen lower layers and LoRA adapters, run as one model

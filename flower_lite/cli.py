@@ -194,8 +194,9 @@ def _compare(args: argparse.Namespace) -> int:
     from .experiments.recipes import FLOWER
     from .experiments.records import command_line, write_record
     from .experiments.rq2 import rq2_table
-    from .experiments.rq2.compare import seed_summary
+    from .experiments.rq2.compare import SEED_KEYS
     from .experiments.rq2.lm import run_config
+    from .metrics import seed_summary
     from .threads import num_threads
 
     if args.seeds is not None and len(set(args.seeds)) < 2:
@@ -213,7 +214,7 @@ def _compare(args: argparse.Namespace) -> int:
         config = run_config(run, steps, objective=objective, seed=seed, **train)
         with num_threads(run.num_threads):  # the record states the threads the run used
             tables.append(rq2_table(run, config, reward, methods=args.methods, objectives=args.objectives)[0])
-    rows = seed_summary(tables) if args.seeds else tables[0]
+    rows = seed_summary(tables, SEED_KEYS) if args.seeds else tables[0]
     if args.out:
         with num_threads(run.num_threads):
             extra = {"per_seed": dict(zip(map(str, args.seeds), tables))} if args.seeds else {}

@@ -27,7 +27,7 @@ __all__ = [
     "with_invalid_bucket", "kl_divergence", "js_divergence", "total_variation", "entropy",
     "support_size", "coverage", "gini", "tail_share", "rank_metrics", "hit_at_k", "ndcg_at_k",
     "group_unfairness", "popularity_group_ids", "word_entropy", "type_token_ratio",
-    "invalid_count", "evaluate",
+    "invalid_count", "evaluate", "paired_difference", "seed_interval", "seed_summary",
 ]
 
 Ranked = Sequence[Sequence[int]]
@@ -377,3 +377,26 @@ def seed_interval(values: ArrayLike) -> dict:
     t = T_975[df - 1] if df <= len(T_975) else 1.96 + 2.4 / df
     half = float(t * x.std(ddof=1) / math.sqrt(x.size))
     return {"mean": float(x.mean()), "lo": float(x.mean() - half), "hi": float(x.mean() + half), "n": int(x.size)}
+
+
+def seed_summary(tables: Sequence[list[dict]], keys: Sequence[str], name: str = "method") -> list[dict]:
+    """One row per ``name`` of the per-seed ``tables`` (the same rows in the same order, one table per seed): for
+    every key of ``keys`` the mean over seeds and its 95% Student-t interval (``key``, ``key_lo``, ``key_hi``;
+    :func:`seed_interval`), and ``seeds``. The seed-to-seed spread is what a claim must clear beside the per-row
+    interval of one seed (``flower-lite compare --seeds``, ``results/rq1_table.py --seeds``)."""
+    if len(tables) < 2:
+        raise ValueError(f"seed_summary needs the tables of at least 2 seeds, got {len(tables)}")
+    names = [[r[name] for r in t] for t in tables]
+    if any(n != names[0] for n in names):
+        raise ValueError(f"the seeds' tables have different rows: {names}; give every seed the same rows (no grid "
+                         "that validation may settle differently per seed)")
+    out = []
+    for i, row_name in enumerate(names[0]):
+        row = {name: row_name, "seeds": len(tables)}
+        for key in keys:
+            values = [t[i][key] for t in tables if key in t[i]]
+            if len(values) == len(tables):
+                ci = seed_interval(values)
+                row |= {key: round(ci["mean"], 4), f"{key}_lo": round(ci["lo"], 4), f"{key}_hi": round(ci["hi"], 4)}
+        out.append(row)
+    return out

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Rerun every command whose record feeds a table of results/README.md, then render the tables.
-# About 9 hours on a 2-core CPU (the SmolLM2 RQ1 table an hour, the SmolLM2 RQ3 table an hour and a half, the full SmolLM2 Movies & TV and MovieLens tables two each), one command at a time (set FLOWER_LITE_LOCK to a lock file to wait for it).
+# About 12 hours on a 2-core CPU (the SmolLM2 RQ1 table an hour and its seeds another, the two SmolLM2 RQ3 tables an hour and a half each, the full SmolLM2 Movies & TV and MovieLens tables two each), one command at a time (set FLOWER_LITE_LOCK to a lock file to wait for it).
 #   bash results/regenerate.sh            # everything
 #   bash results/regenerate.sh "rq2_quick*"  # only the records whose name matches the pattern
 set -euo pipefail
@@ -50,9 +50,14 @@ run rq3_tiny "$PY" results/rq3_table.py --data default --train-rows 1200 --valid
 run rq3_smollm2_movies "$PY" results/rq3_table.py --model smollm2 --data Movies_and_TV --train-rows 5000 --valid-rows 200 \
     --test-rows 400 --steps 300 --objectives db --align-rows 1000 --align-lr 3e-4 --aligners S-DPO "DMPO (as coded)" RosePO \
     --out $R/rq3_smollm2_movies.json
+run rq3_smollm2_movielens "$PY" results/rq3_table.py --model smollm2 --data movielens --train-rows 5000 --valid-rows 200 \
+    --test-rows 400 --steps 300 --objectives db --align-rows 1000 --align-lr 3e-4 --aligners S-DPO "DMPO (as coded)" RosePO \
+    --out $R/rq3_smollm2_movielens.json
 run rq1_stops_smollm2 "$PY" results/rq1_table.py --model smollm2 --stops --out $R/rq1_stops_smollm2.json
 run rq1_stops_tiny "$PY" results/rq1_table.py --model tiny --stops --out $R/rq1_stops_tiny.json
 run rq1_tiny "$PY" results/rq1_table.py --model tiny --steps 200 --out $R/rq1_tiny.json
 run rq1_smollm2 "$PY" results/rq1_table.py --model smollm2 --steps 200 --out $R/rq1_smollm2.json
+run rq1_smollm2_seeds "$PY" results/rq1_table.py --model smollm2 --steps 200 --seeds 0 1 2 --no-warm \
+    --rows initial sft "subtb (Flower as published)" db dpo rloo --out $R/rq1_smollm2_seeds.json
 run rq2_check "$FL" compare --steps 30 --train-rows 400 --valid-rows 16 --test-rows 32 --out $R/rq2_check.json
 "$PY" results/tables.py

@@ -3,6 +3,8 @@
     python results/rq1_table.py --model smollm2 --steps 200 --out results/records/rq1_smollm2.json
     python results/rq1_table.py --model tiny --steps 200 --out results/records/rq1_tiny.json
     python results/rq1_table.py --model smollm2 --stops --out results/records/rq1_stops_smollm2.json
+    python results/rq1_table.py --model smollm2 --steps 200 --seeds 0 1 2 --no-warm \\
+        --rows initial sft "subtb (Flower as published)" db dpo rloo --out results/records/rq1_smollm2_seeds.json
 
 The table rows are ``flower_lite.experiments.rq1_table.TABLE_ROWS`` (and the warm-start rows); ``--stops`` measures
 instead log pi(T | s) of the initial model at complete and at incomplete titles, for T = EOS and T = newline.
@@ -18,7 +20,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from flower_lite.config import RQ1Run  # noqa: E402
 from flower_lite.experiments.records import command_line, write_record  # noqa: E402
-from flower_lite.experiments.rq1_table import prepare, rq1_table  # noqa: E402
+from flower_lite.experiments.rq1_table import bench_setup, prepare, rq1_table  # noqa: E402
+from flower_lite.metrics import seed_summary  # noqa: E402
+
+SEED_KEYS = ("kl", "kl_reverse", "entropy", "top10_overlap")
+"""The columns ``--seeds`` aggregates over seeds."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,7 +36,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-warm", action="store_true", help="leave out the rows started from the SFT weights")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, metavar="SEED",
+                        help="run the table once per seed (the SFT sample, the initial adapters, the batches) and record "
+                             "each row's mean over seeds with its 95%% t-interval; the tables of every seed are kept too")
+    parser.add_argument("--no-warm", action="store_true", help="leave out the GFlowNet rows restarted from the SFT weights "
+                        "(DPO and the RL baseline start from them by definition and stay)")
+    parser.add_argument("--rows", nargs="+", default=None, metavar="NAME",
+                        help="only these rows, each with its control, cold and warm (e.g. initial sft dpo rloo)")
     parser.add_argument("--stops", action="store_true", help="measure the initial stop log-probabilities of both T only")
     parser.add_argument("--out", default=None, help="write the rows, the command and its environment as a JSON record")
     return parser
@@ -46,14 +58,24 @@ def main() -> None:
             rows.append({"run": f"T = {stop} (id {bench.trie.eos_id})", **bench.stops})
             print(rows[-1], flush=True)
     else:
+        if args.seeds is not None and len(set(args.seeds)) < 2:
+            raise SystemExit(f"--seeds needs at least 2 different seeds for an interval, got {args.seeds}")
         run = RQ1Run(model=args.model, data=args.data, stop=args.stop)
-        rows, _, bench = rq1_table(run, args.steps, args.seed, warm=not args.no_warm, progress=True,
-                                   batch_size=args.batch_size, lr=args.lr)
-        print(f"prepared in {bench.seconds_to_prepare:.0f} s; initial stops: {bench.stops}")
-        for r in rows:
-            print(r, flush=True)
+        tables = []
+        for seed in args.seeds or [args.seed]:
+            table, _, bench = rq1_table(run, args.steps, seed, warm=not args.no_warm, progress=True, only=args.rows,
+                                        batch_size=args.batch_size, lr=args.lr)
+            tables.append(table)
+            setup = bench_setup(bench)
+            print(f"seed {seed}, set-up: {setup}; initial stops: {bench.stops}")
+            for r in table:
+                print(r, flush=True)
+        rows = seed_summary(tables, SEED_KEYS, name="run") if args.seeds else tables[0]
     if args.out:
-        write_record(args.out, command_line("python results/rq1_table.py", sys.argv[1:]), rows, t0)
+        extra = {} if args.stops else {"setup": setup}
+        if args.seeds:
+            extra["per_seed"] = dict(zip(map(str, args.seeds), tables))
+        write_record(args.out, command_line("python results/rq1_table.py", sys.argv[1:]), rows, t0, **extra)
 
 
 if __name__ == "__main__":

@@ -159,11 +159,11 @@ def rq2_seeds(*names: str) -> str:
 
 
 def interval(row: dict, key: str, signed: bool = False) -> str:
-    """``0.061 [0.052, 0.070]``: the mean over seeds and its 95% t-interval (``compare --seeds``); empty if absent.
-    Counts (coverage) get one decimal."""
+    """``0.061 [0.052, 0.070]``: the mean over seeds and its 95% t-interval (``compare --seeds``, ``rq1_table.py
+    --seeds``); empty if absent. Counts (coverage, top-10 overlap) get one decimal."""
     if key not in row:
         return ""
-    digits = 1 if key == "coverage" else 3
+    digits = 1 if key in ("coverage", "top10_overlap") else 3
     f = f"{{:{'+' if signed else ''}.{digits}f}}"
     return f"{f.format(row[key])} [{f.format(row[key + '_lo'])}, {f.format(row[key + '_hi'])}]"
 
@@ -195,7 +195,19 @@ def rq1_table(name: str) -> str:
     for x in r["rows"]:
         penalty = f" (penalty {x['penalty']:g})" if x.get("penalty") not in (None, -15.0) else ""
         rows.append([x["run"] + penalty, *(cell(x[k]) for _, k in RQ1_COLUMNS[:-1]), f"{x['seconds']:.0f}"])
-    return commands(r) + "\n" + markdown(["run", *(c for c, _ in RQ1_COLUMNS)], rows) + "\n" + when(r)
+    setup = r.get("setup")
+    shared = "" if setup is None else (
+        f"\nShared by every row: {setup['titles']:,} titles in a trie of {setup['trie_nodes']:,} nodes"
+        + ("" if setup["cache_bytes"] is None else f", the frozen trunk's stored states {setup['cache_bytes'] / 2**20:.1f} MiB")
+        + f", loaded and built in {setup['seconds_to_prepare']:.0f} s.\n")
+    return commands(r) + "\n" + markdown(["run", *(c for c, _ in RQ1_COLUMNS)], rows) + shared + "\n" + when(r)
+
+
+def rq1_seed_table(name: str) -> str:
+    """One row per run: the mean over seeds of the exact fit, with its 95% t-interval."""
+    r = read(name)
+    rows = [[x["run"], *(interval(x, k) for _, k in RQ1_COLUMNS[:-1])] for x in r["rows"]]
+    return commands(r) + "\n" + markdown(["run", *(c for c, _ in RQ1_COLUMNS[:-1])], rows) + "\n" + when(r)
 
 
 def rq1_stops(*names: str) -> str:
@@ -222,6 +234,7 @@ TABLES: dict[str, Table] = {
     "rq2-smollm2-seeds": Table(["rq2_smollm2_seeds"], lambda: rq2_seed_table("rq2_smollm2_seeds")),
     "rq3-tiny": Table(["rq3_tiny"], lambda: rq3_table("rq3_tiny")),
     "rq3-smollm2-movies": Table(["rq3_smollm2_movies"], lambda: rq3_table("rq3_smollm2_movies")),
+    "rq3-smollm2-movielens": Table(["rq3_smollm2_movielens"], lambda: rq3_table("rq3_smollm2_movielens")),
     "rq1-stops": Table(["rq1_stops_smollm2", "rq1_stops_tiny"], lambda: rq1_stops("rq1_stops_smollm2", "rq1_stops_tiny")),
     "rq1-smollm2": Table(["rq1_smollm2"], lambda: rq1_table("rq1_smollm2")),
     "rq1-tiny": Table(["rq1_tiny"], lambda: rq1_table("rq1_tiny")),

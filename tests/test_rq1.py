@@ -88,3 +88,77 @@ def test_fit_metrics_are_zero_for_a_model_that_is_the_target(rq1):
     out = fit_metrics(LMPolicy(Oracle(), tok), trie, target)
     assert out["c_kl"] == pytest.approx(0.0, abs=1e-6) and out["kl"] == pytest.approx(0.0, abs=1e-6)
     assert out["invalid"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_rq1_table_rows_subset_keeps_each_fit_of_the_whole_table():
+    """``rq1_table(only=...)`` (``results/rq1_table.py --rows``) runs the named rows with their controls, cold and
+    warm, and each is the same fit as in the whole table; names it does not know, and warm rows without the SFT row
+    they start from, are refused; ``warm=False`` leaves out the GFlowNet rows from the SFT weights, not DPO's."""
+    from flower_lite.config import RQ1Run
+    from flower_lite.experiments.rq1_table import rq1_table
+
+    run = RQ1Run(model="tiny", titles=12, sample_size=40)
+    whole, _, _ = rq1_table(run, steps=2, lr=3e-3)
+    some, _, _ = rq1_table(run, steps=2, lr=3e-3, only=["sft", "db", "dpo"])
+    assert [r["run"] for r in some] == ["sft", "db", "db, reversed popularity", "db, from the SFT weights",
+                                        "db, reversed popularity, from the SFT weights", "dpo, from the SFT weights",
+                                        "dpo, reversed popularity, from the SFT weights"]
+    by_label = {r["run"]: r for r in whole}
+    for row in some:
+        for key in ("kl", "kl_reverse", "entropy", "top10_overlap"):
+            assert row[key] == by_label[row["run"]][key], (row["run"], key)
+    with pytest.raises(ValueError, match="unknown RQ1 rows"):
+        rq1_table(run, steps=1, only=["sft", "ppo"])
+    with pytest.raises(ValueError, match="add 'sft'"):
+        rq1_table(run, steps=1, only=["dpo"])
+    cold, _, _ = rq1_table(run, steps=2, lr=3e-3, warm=False, only=["sft", "db", "dpo"])
+    assert [r["run"] for r in cold] == ["sft", "db", "db, reversed popularity", "dpo, from the SFT weights",
+                                        "dpo, reversed popularity, from the SFT weights"]
+
+
+def test_rq1_bench_setup_states_the_trie_and_the_stored_states_it_shares():
+    """``bench_setup`` (the RQ1 record's ``setup``): the target's titles, the trie's nodes, and the frozen trunk's
+    stored states, one hidden vector per prompt position and per trie node in float32; None for a whole model."""
+    from flower_lite.config import RQ1Run
+    from flower_lite.experiments.rq1_table import bench_setup, prepare
+
+    whole = bench_setup(prepare(RQ1Run(model="tiny", titles=12, sample_size=40)))
+    assert whole["titles"] == 12 and whole["cache_bytes"] is None
+    bench = prepare(RQ1Run(model="tiny", titles=12, sample_size=40, trunk_layers=1))
+    setup = bench_setup(bench)
+    assert setup["trie_nodes"] == bench.trie.num_nodes == whole["trie_nodes"] > 12
+    (cache,) = bench.policy.caches.values()
+    hidden = bench.policy.module.get_base_model().config.hidden_size if hasattr(bench.policy.module, "get_base_model") \
+        else bench.policy.module.config.hidden_size
+    positions = cache.prompt_hidden.shape[0] + bench.trie.num_nodes
+    assert setup["cache_bytes"] == positions * hidden * 4 > 0
+
+
+def test_rq1_script_over_seeds_records_each_seed_and_their_mean_with_its_interval(tmp_path, monkeypatch):
+    """``results/rq1_table.py --seeds``: one table per seed (the seeds differ), and each row's mean over them with a
+    95% t-interval around it; fewer than 2 distinct seeds are refused."""
+    import importlib.util
+    import json
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "results" / "rq1_table.py"
+    spec = importlib.util.spec_from_file_location("rq1_script", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "seeds.json"
+    monkeypatch.setattr(sys, "argv", ["rq1_table.py", "--model", "tiny", "--data", "default", "--steps", "2",
+                                      "--no-warm", "--rows", "sft", "db", "--seeds", "0", "1", "--out", str(out)])
+    module.main()
+    record = json.loads(out.read_text())
+    per_seed = record["per_seed"]
+    assert list(per_seed) == ["0", "1"] and record["setup"]["titles"] == 100
+    assert per_seed["0"][0]["kl"] != per_seed["1"][0]["kl"]  # another SFT sample, other batches
+    for i, row in enumerate(record["rows"]):
+        values = [per_seed[s][i]["kl"] for s in per_seed]
+        assert row["run"] == per_seed["0"][i]["run"] and row["seeds"] == 2
+        assert row["kl"] == pytest.approx(np.mean(values), abs=1e-4)
+        assert row["kl_lo"] < row["kl"] < row["kl_hi"]
+    monkeypatch.setattr(sys, "argv", ["rq1_table.py", "--model", "tiny", "--seeds", "3", "3"])
+    with pytest.raises(SystemExit, match="at least 2 different seeds"):
+        module.main()

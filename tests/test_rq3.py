@@ -283,3 +283,4 @@ def test_constrained_sequence_log_probs_sum_to_one_over_the_catalogue(reference)
     q = constrained_item_distribution(model, tok, prompts[0], trie)  # terminal-node order
     items_in_order = trie.title_first_item().tolist()
     assert torch.allclose(lp.double().exp()[items_in_order], q, atol=1e-5)
+

@@ -9,8 +9,8 @@ learns its reward only if it ends closer to the true target than SFT *and* its c
 * ``subtb, calibrated penalty``: the penalty set to the initial policy's mean log pi(T | incomplete title);
 * ``subtb_exact``: SubTB on the exact flows (Flower's internal stop terms held out of the gradient);
 * ``db``, ``tb`` (learned log Z), ``distill`` (flow distillation: every child of a visited state);
-* with ``warm``: the GFlowNet objectives again, started from the SFT row's weights, and the paper's reward-maximising
-  baselines from the SFT weights (:data:`ALIGN_ROWS`): DPO on the authors' popularity pairs
+* with ``warm``: the GFlowNet objectives again, started from the SFT row's weights; and always the paper's
+  reward-maximising baselines from the SFT weights (:data:`ALIGN_ROWS`): DPO on the authors' popularity pairs
   (:func:`~flower_lite.pairs.popularity_pairs`) and REINFORCE leave-one-out on the target probability
   (:func:`~.rq3.rloo_fit`), each beside its control (the pairs swapped; the reversed popularity's probability).
 
@@ -34,7 +34,7 @@ from ..train import Trainer, load_trainable, trainable_state
 from .recipes import rq1_config
 from .rq1 import RQ1_PROMPT, Target, eval_fn, load_model, load_target, rq1_policy, sft_sample, stop_token
 
-__all__ = ["Row", "GFN_ROWS", "TABLE_ROWS", "ALIGN_ROWS", "align_row", "RQ1Bench", "prepare", "fit_row", "fit_row_metrics", "rq1_table"]
+__all__ = ["Row", "GFN_ROWS", "TABLE_ROWS", "ALIGN_ROWS", "align_row", "RQ1Bench", "prepare", "bench_setup", "fit_row", "fit_row_metrics", "rq1_table"]
 
 
 @dataclass(frozen=True)
@@ -101,6 +101,15 @@ def prepare(run: RQ1Run, seed: int = 0) -> RQ1Bench:
                     time.perf_counter() - start)
 
 
+def bench_setup(bench: RQ1Bench) -> dict:
+    """The size of what every row shares: titles, trie nodes, the frozen trunk's stored states (bytes, None for the
+    whole-model policy) and the seconds to load and build it all."""
+    caches = getattr(bench.policy, "caches", {})
+    return {"titles": len(bench.target.titles), "trie_nodes": bench.trie.num_nodes,
+            "cache_bytes": sum(c.nbytes for c in caches.values()) if caches else None,
+            "seconds_to_prepare": round(bench.seconds_to_prepare, 1)}
+
+
 def fit_row(bench: RQ1Bench, row: Row, steps: int, start: dict[str, torch.Tensor], seed: int = 0,
             eval_every: int | None = None, progress: bool = False, **overrides) -> tuple[dict, list[dict]]:
     """Train ``row`` from the trainable weights ``start``; returns (its table row, its evaluation history)."""
@@ -153,24 +162,44 @@ def fit_row_metrics(bench: RQ1Bench) -> dict:
 
 
 def rq1_table(run: RQ1Run, steps: int = 200, seed: int = 0, warm: bool = True, rows=TABLE_ROWS, progress: bool = False,
-              **overrides) -> tuple[list[dict], dict[str, list[dict]], RQ1Bench]:
-    """Every row of :data:`TABLE_ROWS` (and, with ``warm``, the GFlowNet rows from the SFT weights) on ``run``'s
-    model and target: ``(table rows, histories by row label, the shared bench)``."""
+              only=None, **overrides) -> tuple[list[dict], dict[str, list[dict]], RQ1Bench]:
+    """Every row of ``rows`` (:data:`TABLE_ROWS`), then from the SFT row's weights the GFlowNet rows again (with
+    ``warm``) and :data:`ALIGN_ROWS`, on ``run``'s model and target: ``(table rows, histories by row label, the shared
+    bench)``. ``only``: the row names to keep (each with its control, cold and warm; the others are skipped, so every
+    kept row is the same fit as in the whole table)."""
+    keep = _row_filter(rows, only, warm)
     bench = prepare(run, seed)
     table, histories, sft_state = [], {}, None
-    for row in rows:
+    for row in filter(keep, rows):
         out, histories[row.label] = fit_row(bench, row, steps, bench.initial, seed, progress=progress, **overrides)
         table.append(out)
         if row.name == "sft":
             sft_state = trainable_state(bench.policy.module)
-    if warm and sft_state is not None:
-        for row in TABLE_ROWS:
-            if row.objective is not None and row.objective.gfn:
-                warm_row = replace(row, warm=True)
-                out, histories[warm_row.label] = fit_row(bench, warm_row, steps, sft_state, seed, progress=progress,
-                                                         warmup_steps=0, **overrides)
-                table.append(out)
-        for row in ALIGN_ROWS:
-            out, histories[row.label] = fit_row(bench, row, steps, sft_state, seed, progress=progress, **overrides)
-            table.append(out)
+    if sft_state is None:
+        return table, histories, bench
+    warm_rows = [replace(r, warm=True) for r in rows if warm and r.objective is not None and r.objective.gfn]
+    for row in filter(keep, warm_rows):
+        out, histories[row.label] = fit_row(bench, row, steps, sft_state, seed, progress=progress, warmup_steps=0,
+                                            **overrides)
+        table.append(out)
+    for row in filter(keep, ALIGN_ROWS):
+        out, histories[row.label] = fit_row(bench, row, steps, sft_state, seed, progress=progress, **overrides)
+        table.append(out)
     return table, histories, bench
+
+
+def _row_filter(rows, only, warm: bool):
+    """The predicate of ``rq1_table``'s ``only``: an unknown name is an error, and so are rows from the SFT weights
+    without the SFT row they start from."""
+    if only is None:
+        return lambda row: True
+    known = list(dict.fromkeys(r.name for r in (*rows, *ALIGN_ROWS)))
+    unknown = [name for name in only if name not in known]
+    if unknown:
+        raise ValueError(f"unknown RQ1 rows {unknown}; choose among {known}")
+    from_sft = {r.name for r in ALIGN_ROWS} | {r.name for r in rows if warm and r.objective is not None and r.objective.gfn}
+    if "sft" not in only and from_sft & set(only):
+        raise ValueError(f"the rows {sorted(from_sft & set(only))} start from the SFT weights: add 'sft' to the rows"
+                         + (", or leave out the GFlowNet rows from them (warm=False, --no-warm)" if warm else ""))
+    only = set(only)
+    return lambda row: row.name in only

@@ -165,24 +165,3 @@ SEED_KEYS = ("hit@5", "hit@10", "ndcg@5", "ndcg@10", "dgu", "mgu", "coverage", "
 """The columns :func:`seed_summary` aggregates (the paired differences to BIGRec (SFT) included)."""
 
 
-def seed_summary(tables: Sequence[list[dict]], keys: Sequence[str] = SEED_KEYS) -> list[dict]:
-    """One row per method of the per-seed ``tables`` (:func:`results_table` rows of the same methods, one table per
-    seed): for every key the mean over seeds and its 95% Student-t interval (``key``, ``key_lo``, ``key_hi``;
-    :func:`~flower_lite.metrics.seed_interval`), and ``seeds``. The seed-to-seed spread of a difference to BIGRec
-    (SFT) is what a claim must clear beside the per-row interval of one seed."""
-    if len(tables) < 2:
-        raise ValueError(f"seed_summary needs the tables of at least 2 seeds, got {len(tables)}")
-    names = [[r["method"] for r in t] for t in tables]
-    if any(n != names[0] for n in names):
-        raise ValueError(f"the seeds' tables have different rows: {names}; give every seed the same methods and fixed "
-                         "objectives (no θ grid: validation may keep another θ per seed)")
-    out = []
-    for i, name in enumerate(names[0]):
-        row = {"method": name, "seeds": len(tables)}
-        for key in keys:
-            values = [t[i][key] for t in tables if key in t[i]]
-            if len(values) == len(tables):
-                ci = seed_interval(values)
-                row |= {key: round(ci["mean"], 4), f"{key}_lo": round(ci["lo"], 4), f"{key}_hi": round(ci["hi"], 4)}
-        out.append(row)
-    return out
