@@ -58,6 +58,6 @@ run rq1_stops_tiny "$PY" results/rq1_table.py --model tiny --stops --out $R/rq1_
 run rq1_tiny "$PY" results/rq1_table.py --model tiny --steps 200 --out $R/rq1_tiny.json
 run rq1_smollm2 "$PY" results/rq1_table.py --model smollm2 --steps 200 --out $R/rq1_smollm2.json
 run rq1_smollm2_seeds "$PY" results/rq1_table.py --model smollm2 --steps 200 --seeds 0 1 2 --no-warm \
-    --rows initial sft "subtb (Flower as published)" db dpo rloo --out $R/rq1_smollm2_seeds.json
+    --rows initial sft "subtb (Flower as published)" "sft+subtb θ=0.995" db distill dpo rloo --out $R/rq1_smollm2_seeds.json
 run rq2_check "$FL" compare --steps 30 --train-rows 400 --valid-rows 16 --test-rows 32 --out $R/rq2_check.json
 "$PY" results/tables.py

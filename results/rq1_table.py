@@ -4,7 +4,8 @@
     python results/rq1_table.py --model tiny --steps 200 --out results/records/rq1_tiny.json
     python results/rq1_table.py --model smollm2 --stops --out results/records/rq1_stops_smollm2.json
     python results/rq1_table.py --model smollm2 --steps 200 --seeds 0 1 2 --no-warm \\
-        --rows initial sft "subtb (Flower as published)" db dpo rloo --out results/records/rq1_smollm2_seeds.json
+        --rows initial sft "subtb (Flower as published)" "sft+subtb θ=0.995" db distill dpo rloo \\
+        --out results/records/rq1_smollm2_seeds.json
 
 The table rows are ``flower_lite.experiments.rq1_table.TABLE_ROWS`` (and the warm-start rows); ``--stops`` measures
 instead log pi(T | s) of the initial model at complete and at incomplete titles, for T = EOS and T = newline.

@@ -237,6 +237,7 @@ TABLES: dict[str, Table] = {
     "rq3-smollm2-movielens": Table(["rq3_smollm2_movielens"], lambda: rq3_table("rq3_smollm2_movielens")),
     "rq1-stops": Table(["rq1_stops_smollm2", "rq1_stops_tiny"], lambda: rq1_stops("rq1_stops_smollm2", "rq1_stops_tiny")),
     "rq1-smollm2": Table(["rq1_smollm2"], lambda: rq1_table("rq1_smollm2")),
+    "rq1-smollm2-seeds": Table(["rq1_smollm2_seeds"], lambda: rq1_seed_table("rq1_smollm2_seeds")),
     "rq1-tiny": Table(["rq1_tiny"], lambda: rq1_table("rq1_tiny")),
 }
 
