@@ -162,6 +162,6 @@ def rq2_table(run: RQ2Run | None = None, train: TrainConfig | None = None, rewar
 
 
 SEED_KEYS = ("hit@5", "hit@10", "ndcg@5", "ndcg@10", "dgu", "mgu", "coverage", "gini", "tail_share", "d_hit@10", "d_ndcg@10")
-"""The columns :func:`seed_summary` aggregates (the paired differences to BIGRec (SFT) included)."""
+"""The columns :func:`~flower_lite.metrics.seed_summary` aggregates (the paired differences to BIGRec (SFT) included)."""
 
 
