@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Rerun every command whose record feeds a table of results/README.md, then render the tables.
-# About 12 hours on a 2-core CPU (the SmolLM2 RQ1 table an hour and its seeds another, the two SmolLM2 RQ3 tables an hour and a half each, the full SmolLM2 Movies & TV and MovieLens tables two each), one command at a time (set FLOWER_LITE_LOCK to a lock file to wait for it).
+# About 14 hours on a 2-core CPU (the SmolLM2 RQ1 table an hour, its seeds and the 1,439-title seeds half an hour each, the two SmolLM2 RQ3 tables an hour and a half each, the full SmolLM2 Movies & TV and MovieLens tables two each, the longer MovieLens SFT runs 50 minutes), one command at a time (set FLOWER_LITE_LOCK to a lock file to wait for it).
 #   bash results/regenerate.sh            # everything
 #   bash results/regenerate.sh "rq2_quick*"  # only the records whose name matches the pattern
 set -euo pipefail
@@ -34,12 +34,16 @@ for s in 0 1 2 3; do
   run rq2_quick_seed$s "$FL" compare --data default --steps 60 --test-rows 422 --valid-rows 64 --seed $s \
       --methods "BIGRec (SFT)" Flower --out $R/rq2_quick_seed$s.json
 done
-run target_fit "$PY" results/target_fit.py --steps 300 --seed 0 --out $R/target_fit.json
-run target_fit_warm "$PY" results/target_fit.py --steps 300 --seed 0 --warm-start --out $R/target_fit_warm.json
+run target_fit_seeds "$PY" results/target_fit.py --steps 300 --seeds 0 1 2 --out $R/target_fit_seeds.json
+run target_fit_warm_seeds "$PY" results/target_fit.py --steps 300 --seeds 0 1 2 --warm-start --out $R/target_fit_warm_seeds.json
 run rq2_movies "$FL" compare --data Movies_and_TV --steps 300 --train-rows 2000 --test-rows 100 --valid-rows 64 \
     --out $R/rq2_movies.json
 run rq2_smollm2_movielens "$FL" compare --model smollm2 --data movielens --train-rows 5000 --valid-rows 200 \
     --test-rows 1000 --steps 300 --objectives distill db db:0.9,0.99,0.995 --out $R/rq2_smollm2_movielens.json
+for steps in 900 1800; do  # BIGRec (SFT) against popularity with longer training
+  run rq2_smollm2_movielens_sft$steps "$FL" compare --model smollm2 --data movielens --train-rows 5000 --valid-rows 200 \
+      --test-rows 1000 --steps $steps --methods popularity "BIGRec (SFT)" --out $R/rq2_smollm2_movielens_sft$steps.json
+done
 run rq2_smollm2_movies "$FL" compare --model smollm2 --data Movies_and_TV --train-rows 5000 --valid-rows 200 \
     --test-rows 1000 --steps 300 --objectives distill db db:0.9,0.99,0.995 --out $R/rq2_smollm2_movies.json
 run rq2_smollm2_seeds "$FL" compare --model smollm2 --data Movies_and_TV --train-rows 600 --valid-rows 50 \
@@ -59,5 +63,8 @@ run rq1_tiny "$PY" results/rq1_table.py --model tiny --steps 200 --out $R/rq1_ti
 run rq1_smollm2 "$PY" results/rq1_table.py --model smollm2 --steps 200 --out $R/rq1_smollm2.json
 run rq1_smollm2_seeds "$PY" results/rq1_table.py --model smollm2 --steps 200 --seeds 0 1 2 --no-warm \
     --rows initial sft "subtb (Flower as published)" "sft+subtb θ=0.995" db distill dpo rloo --out $R/rq1_smollm2_seeds.json
+run rq1_smollm2_movies1439 "$PY" results/rq1_table.py --model smollm2 --data movies1439 --steps 200 --seeds 0 1 2 --no-warm \
+    --rows initial sft "subtb (Flower as published)" "sft+subtb θ=0.995" "subtb_exact (stop terms held out)" db distill dpo \
+    --out $R/rq1_smollm2_movies1439.json
 run rq2_check "$FL" compare --steps 30 --train-rows 400 --valid-rows 16 --test-rows 32 --out $R/rq2_check.json
 "$PY" results/tables.py

@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main() -> None:
     args = build_parser().parse_args()
     t0 = time.perf_counter()
+    command = command_line("python results/rq1_table.py", sys.argv[1:])
     if args.stops:
         rows = []
         for stop in ("eos", "newline"):
@@ -62,21 +63,33 @@ def main() -> None:
         if args.seeds is not None and len(set(args.seeds)) < 2:
             raise SystemExit(f"--seeds needs at least 2 different seeds for an interval, got {args.seeds}")
         run = RQ1Run(model=args.model, data=args.data, stop=args.stop)
-        tables = []
+        tables, done = [], []
         for seed in args.seeds or [args.seed]:
+            def keep(row, seed=seed):  # each row as it is done, shown and kept beside --out until the table ends
+                print(f"seed {seed}: {row}", flush=True)
+                if args.out:
+                    done.append({"seed": seed, **row})
+                    write_record(partial_path(args.out), command, done, t0, partial=True)
+
             table, _, bench = rq1_table(run, args.steps, seed, warm=not args.no_warm, progress=True, only=args.rows,
-                                        batch_size=args.batch_size, lr=args.lr)
+                                        on_row=keep, batch_size=args.batch_size, lr=args.lr)
             tables.append(table)
             setup = bench_setup(bench)
-            print(f"seed {seed}, set-up: {setup}; initial stops: {bench.stops}")
-            for r in table:
-                print(r, flush=True)
+            print(f"seed {seed}, set-up: {setup}; initial stops: {bench.stops}", flush=True)
         rows = seed_summary(tables, SEED_KEYS, name="run") if args.seeds else tables[0]
     if args.out:
         extra = {} if args.stops else {"setup": setup}
         if args.seeds:
             extra["per_seed"] = dict(zip(map(str, args.seeds), tables))
-        write_record(args.out, command_line("python results/rq1_table.py", sys.argv[1:]), rows, t0, **extra)
+        write_record(args.out, command, rows, t0, **extra)
+        partial_path(args.out).unlink(missing_ok=True)
+
+
+def partial_path(out: str) -> Path:
+    """Where the rows done so far are kept while the table runs (``X.json`` -> ``X.partial.json``), so that a long run
+    stopped early keeps them; the finished record replaces it."""
+    out = Path(out)
+    return out.with_name(out.stem + ".partial" + out.suffix)
 
 
 if __name__ == "__main__":

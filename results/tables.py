@@ -144,6 +144,22 @@ def rq2_ablation(base: str, *names: str) -> str:
     return commands(*records) + "\n" + markdown(["run", "command change", *(c for c, _ in RQ2_COLUMNS)], rows) + "\n" + when(*records)
 
 
+def rq2_sft_steps(base: str, *names: str) -> str:
+    """BIGRec (SFT) against popularity as SFT trains longer: one row per record (``base``: the full table above),
+    with popularity's paired difference to SFT in HR@10 and NDCG@10."""
+    records = [read(n) for n in names]
+    rows = []
+    for name, r in [(base, read(base)), *zip(names, records)]:
+        by = {x["method"]: x for x in r["rows"]}
+        sft, pop = by["BIGRec (SFT)"], by["popularity"]
+        steps = re.search(r"--steps (\d+)", r["command"]).group(1) + (" (the table above)" if name == base else "")
+        rows.append([steps, *(cell(sft[k]) for k in ("hit@10", "ndcg@10", "dgu", "coverage", "tail_share")),
+                     cell(pop["hit@10"]), paired(pop, "hit@10"), paired(pop, "ndcg@10")])
+    header = ["SFT steps", "SFT HR@10", "SFT NDCG@10", "SFT DGU", "SFT coverage", "SFT tail share", "popularity HR@10",
+              "ΔHR@10 popularity − SFT [95%], p", "ΔNDCG@10 popularity − SFT [95%], p"]
+    return commands(*records) + "\n" + markdown(header, rows) + "\n" + when(*records)
+
+
 def rq2_seeds(*names: str) -> str:
     """SFT against Flower on several seeds: coverage, MGU, NDCG@10."""
     records = [read(n) for n in names]
@@ -183,8 +199,10 @@ def rq2_seed_table(name: str) -> str:
 
 
 def target_fit(name: str) -> str:
+    """One row per run: the KL to the per-user target (over seeds: the mean with its 95% t-interval)."""
     r = read(name)
-    rows = [[x["run"], *(cell(x[k]) for _, k in FIT_COLUMNS)] for x in r["rows"]]
+    value = interval if "per_seed" in r else (lambda x, k: cell(x[k]))
+    rows = [[x["run"], *(value(x, k) for _, k in FIT_COLUMNS)] for x in r["rows"]]
     return commands(r) + "\n" + markdown(["run", *(c for c, _ in FIT_COLUMNS)], rows) + "\n" + when(r)
 
 
@@ -195,19 +213,27 @@ def rq1_table(name: str) -> str:
     for x in r["rows"]:
         penalty = f" (penalty {x['penalty']:g})" if x.get("penalty") not in (None, -15.0) else ""
         rows.append([x["run"] + penalty, *(cell(x[k]) for _, k in RQ1_COLUMNS[:-1]), f"{x['seconds']:.0f}"])
-    setup = r.get("setup")
-    shared = "" if setup is None else (
-        f"\nShared by every row: {setup['titles']:,} titles in a trie of {setup['trie_nodes']:,} nodes"
-        + ("" if setup["cache_bytes"] is None else f", the frozen trunk's stored states {setup['cache_bytes'] / 2**20:.1f} MiB")
-        + f", loaded and built in {setup['seconds_to_prepare']:.0f} s.\n")
-    return commands(r) + "\n" + markdown(["run", *(c for c, _ in RQ1_COLUMNS)], rows) + shared + "\n" + when(r)
+    return commands(r) + "\n" + markdown(["run", *(c for c, _ in RQ1_COLUMNS)], rows) + rq1_setup(r) + "\n" + when(r)
 
 
 def rq1_seed_table(name: str) -> str:
-    """One row per run: the mean over seeds of the exact fit, with its 95% t-interval."""
+    """One row per run: the mean over seeds of the exact fit, with its 95% t-interval, and the mean wall time."""
     r = read(name)
-    rows = [[x["run"], *(interval(x, k) for _, k in RQ1_COLUMNS[:-1])] for x in r["rows"]]
-    return commands(r) + "\n" + markdown(["run", *(c for c, _ in RQ1_COLUMNS[:-1])], rows) + "\n" + when(r)
+    tables = list(r["per_seed"].values())
+    seconds = [sum(t[i]["seconds"] for t in tables) / len(tables) for i in range(len(r["rows"]))]
+    rows = [[x["run"], *(interval(x, k) for _, k in RQ1_COLUMNS[:-1]), f"{s:.0f}"] for x, s in zip(r["rows"], seconds)]
+    header = ["run", *(c for c, _ in RQ1_COLUMNS[:-1]), "seconds (mean)"]
+    return commands(r) + "\n" + markdown(header, rows) + rq1_setup(r) + "\n" + when(r)
+
+
+def rq1_setup(record: dict) -> str:
+    """The line under an RQ1 table that says what its rows share (the record's ``setup``), or nothing."""
+    setup = record.get("setup")
+    if setup is None:
+        return ""
+    return (f"\nShared by every row: {setup['titles']:,} titles in a trie of {setup['trie_nodes']:,} nodes"
+            + ("" if setup["cache_bytes"] is None else f", the frozen trunk's stored states {setup['cache_bytes'] / 2**20:.1f} MiB")
+            + f", loaded and built in {setup['seconds_to_prepare']:.0f} s.\n")
 
 
 def rq1_stops(*names: str) -> str:
@@ -220,17 +246,20 @@ def rq1_stops(*names: str) -> str:
 
 ABLATIONS = ("rq2_theta_0.99", "rq2_add_log_s", "rq2_catalog", "rq2_mixed", "rq2_on_policy", "rq2_db_0.9",
              "rq2_catalog_0.998", "rq2_catalog_0.999", "rq2_pop_alpha_0.5", "rq2_pop_alpha_0.5_mixed")
+SFT_STEPS = ("rq2_smollm2_movielens_sft900", "rq2_smollm2_movielens_sft1800")
 TABLES: dict[str, Table] = {
     "rq2-default": Table(["rq2_default"], lambda: rq2_table("rq2_default")),
     "rq2-default-seeds": Table(["rq2_default_seeds"], lambda: rq2_seed_table("rq2_default_seeds")),
     "rq2-ablations": Table(["rq2_default", *ABLATIONS], lambda: rq2_ablation("rq2_default", *ABLATIONS)),
     "rq2-seeds": Table([f"rq2_quick_seed{s}" for s in range(4)], lambda: rq2_seeds(*(f"rq2_quick_seed{s}" for s in range(4)))),
-    "rq2-target-fit": Table(["target_fit"], lambda: target_fit("target_fit")),
-    "rq2-target-fit-warm": Table(["target_fit_warm"], lambda: target_fit("target_fit_warm")),
+    "rq2-target-fit": Table(["target_fit_seeds"], lambda: target_fit("target_fit_seeds")),
+    "rq2-target-fit-warm": Table(["target_fit_warm_seeds"], lambda: target_fit("target_fit_warm_seeds")),
     "rq2-movies": Table(["rq2_movies"], lambda: rq2_table("rq2_movies")),
     "rq2-check": Table(["rq2_check"], lambda: rq2_table("rq2_check")),
     "rq2-smollm2-movies": Table(["rq2_smollm2_movies"], lambda: rq2_paired_table("rq2_smollm2_movies")),
     "rq2-smollm2-movielens": Table(["rq2_smollm2_movielens"], lambda: rq2_paired_table("rq2_smollm2_movielens")),
+    "rq2-smollm2-movielens-sft-steps": Table(["rq2_smollm2_movielens", *SFT_STEPS],
+                                             lambda: rq2_sft_steps("rq2_smollm2_movielens", *SFT_STEPS)),
     "rq2-smollm2-seeds": Table(["rq2_smollm2_seeds"], lambda: rq2_seed_table("rq2_smollm2_seeds")),
     "rq3-tiny": Table(["rq3_tiny"], lambda: rq3_table("rq3_tiny")),
     "rq3-smollm2-movies": Table(["rq3_smollm2_movies"], lambda: rq3_table("rq3_smollm2_movies")),
@@ -238,6 +267,7 @@ TABLES: dict[str, Table] = {
     "rq1-stops": Table(["rq1_stops_smollm2", "rq1_stops_tiny"], lambda: rq1_stops("rq1_stops_smollm2", "rq1_stops_tiny")),
     "rq1-smollm2": Table(["rq1_smollm2"], lambda: rq1_table("rq1_smollm2")),
     "rq1-smollm2-seeds": Table(["rq1_smollm2_seeds"], lambda: rq1_seed_table("rq1_smollm2_seeds")),
+    "rq1-smollm2-movies1439": Table(["rq1_smollm2_movies1439"], lambda: rq1_seed_table("rq1_smollm2_movies1439")),
     "rq1-tiny": Table(["rq1_tiny"], lambda: rq1_table("rq1_tiny")),
 }
 

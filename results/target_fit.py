@@ -7,23 +7,26 @@ and prints KL(P_u || Q_u) / KL(Q_u || P_u) against the true target on test rows
 (``experiments.rq2.target_fit_comparison``)::
 
     python results/target_fit.py --steps 300 --seed 0 [--warm-start] [--out results/records/target_fit.json]
+    python results/target_fit.py --steps 300 --seeds 0 1 2 --out results/records/target_fit_seeds.json
 
-``--warm-start`` trains SFT first and starts the GFlowNet-only runs from its weights.
+``--warm-start`` trains SFT first and starts the GFlowNet-only runs from its weights. ``--seeds`` runs the whole
+comparison once per seed (the data's split, SASRec, the initial weights, the batches) and records each run's mean
+over seeds with its 95% t-interval, and every seed's rows.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 import time
 from dataclasses import replace
 
 import torch
 
-import copy
-
 from flower_lite.config import Objective, TrainConfig
 from flower_lite.experiments import rq2
 from flower_lite.experiments.records import command_line, write_record
+from flower_lite.metrics import seed_summary
 from flower_lite.sasrec import SASRecConfig
 
 
@@ -35,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--trajectories", default="catalog", help="GFlowNet trajectories (TrainConfig.trajectories)")
     parser.add_argument("--rows", type=int, default=8, help="test rows the KL is averaged over")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, metavar="SEED",
+                        help="run once per seed and record each run's mean over seeds with its 95%% t-interval")
     parser.add_argument("--warm-start", action="store_true",
                         help="train SFT first and start the GFlowNet-only runs from its weights")
     parser.add_argument("--out", default=None, help="write the rows, the command and its environment as a JSON record")
@@ -43,12 +48,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main() -> None:
     args = build_parser().parse_args()
+    if args.seeds is not None and len(set(args.seeds)) < 2:
+        raise SystemExit(f"--seeds needs at least 2 different seeds for an interval, got {args.seeds}")
     torch.set_num_threads(1)
     t0 = time.perf_counter()
-    sasrec = SASRecConfig(batch_size=256, patience=5, max_epochs=30, progress=False, num_threads=1, seed=args.seed)
-    setup, new_model, _ = rq2.rq2_setup("default", seed=args.seed, sasrec_config=sasrec)
+    tables = [fit_rows(args, seed) for seed in args.seeds or [args.seed]]
+    print(f"{time.perf_counter() - t0:.0f} s")
+    if args.out:
+        command = command_line("python results/target_fit.py", sys.argv[1:])
+        if args.seeds:
+            rows = seed_summary(tables, ("kl", "kl_reverse"), name="run")
+            write_record(args.out, command, rows, t0, per_seed=dict(zip(map(str, args.seeds), tables)))
+        else:
+            write_record(args.out, command, tables[0], t0)
+
+
+def fit_rows(args, seed: int) -> list[dict]:
+    """The comparison of one seed: a row per run (``run``, ``kl``, ``kl_reverse``), printed as a table too."""
+    sasrec = SASRecConfig(batch_size=256, patience=5, max_epochs=30, progress=False, num_threads=1, seed=seed)
+    setup, new_model, _ = rq2.rq2_setup("default", seed=seed, sasrec_config=sasrec)
     base = TrainConfig(lr=args.lr, batch_size=16, max_steps=args.steps, eval_every=max(1, args.steps // 3),
-                       warmup_steps=min(20, args.steps // 10), seed=args.seed, trajectories=args.trajectories)
+                       warmup_steps=min(20, args.steps // 10), seed=seed, trajectories=args.trajectories)
     trains = {
         "SFT": replace(base, objective=Objective("sft")),
         "GFlowNet term only, DB": replace(base, objective=Objective("db")),
@@ -61,14 +81,11 @@ def main() -> None:
         trains = {k: replace(v, warmup_steps=0) for k, v in trains.items() if k.startswith("GFlowNet")}
     fit = rq2.target_fit_comparison(setup, new_model, trains, rows=args.rows)
     start = ", from the SFT weights" if args.warm_start else ""
-    print(f"| run ({args.steps} steps, lr {args.lr:g}, {args.trajectories} trajectories, seed {args.seed}{start}) "
-          "| KL(P_u‖Q_u) | KL(Q_u‖P_u) |\n|---|---:|---:|")
+    print(f"| run ({args.steps} steps, lr {args.lr:g}, {args.trajectories} trajectories, seed {seed}{start}) "
+          "| KL(P_u‖Q_u) | KL(Q_u‖P_u) |\n|---|---:|---:|", flush=True)
     for name, f in fit.items():
-        print(f"| {name} | {f['kl']:.3f} | {f['kl_reverse']:.3f} |")
-    print(f"{time.perf_counter() - t0:.0f} s")
-    if args.out:
-        rows = [{"run": name, **f} for name, f in fit.items()]
-        write_record(args.out, command_line("python results/target_fit.py", sys.argv[1:]), rows, t0)
+        print(f"| {name} | {f['kl']:.3f} | {f['kl_reverse']:.3f} |", flush=True)
+    return [{"run": name, **f} for name, f in fit.items()]
 
 
 if __name__ == "__main__":

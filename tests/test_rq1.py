@@ -162,3 +162,42 @@ def test_rq1_script_over_seeds_records_each_seed_and_their_mean_with_its_interva
     monkeypatch.setattr(sys, "argv", ["rq1_table.py", "--model", "tiny", "--seeds", "3", "3"])
     with pytest.raises(SystemExit, match="at least 2 different seeds"):
         module.main()
+
+
+def test_rq1_script_stopped_early_keeps_the_rows_it_finished(tmp_path, monkeypatch):
+    """``results/rq1_table.py --out X.json`` keeps each row as it is done in ``X.partial.json`` (with its seed), so a
+    long table stopped early loses only the row it was on; the finished record replaces the partial one."""
+    import importlib.util
+    import json
+    import sys
+    from pathlib import Path
+
+    from flower_lite.experiments import rq1_table as table_module
+
+    script = Path(__file__).resolve().parents[1] / "results" / "rq1_table.py"
+    spec = importlib.util.spec_from_file_location("rq1_script", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out, partial = tmp_path / "t.json", tmp_path / "t.partial.json"
+    argv = ["rq1_table.py", "--model", "tiny", "--data", "default", "--steps", "2", "--no-warm", "--rows", "sft", "db",
+            "--out", str(out)]
+    monkeypatch.setattr(sys, "argv", argv)
+    fit_row, calls = table_module.fit_row, []
+
+    def stop_at_the_third(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return fit_row(*args, **kwargs)
+
+    monkeypatch.setattr(table_module, "fit_row", stop_at_the_third)
+    with pytest.raises(KeyboardInterrupt):
+        module.main()
+    kept = json.loads(partial.read_text())
+    assert not out.exists() and kept["partial"] is True and kept["command"].endswith(str(out))
+    assert [(r["seed"], r["run"]) for r in kept["rows"]] == [(0, "sft"), (0, "db")]
+    monkeypatch.setattr(table_module, "fit_row", fit_row)
+    module.main()
+    record = json.loads(out.read_text())
+    assert not partial.exists() and [r["run"] for r in record["rows"]] == ["sft", "db", "db, reversed popularity"]
+    assert record["rows"][1]["kl"] == pytest.approx(kept["rows"][1]["kl"], abs=1e-9)

@@ -284,3 +284,45 @@ def test_constrained_sequence_log_probs_sum_to_one_over_the_catalogue(reference)
     items_in_order = trie.title_first_item().tolist()
     assert torch.allclose(lp.double().exp()[items_in_order], q, atol=1e-5)
 
+
+
+def test_rq1_dpo_step_scores_only_its_batch_titles_and_follows_the_whole_trie_fit():
+    """RQ1's DPO on the frozen trunk (:func:`rq3.title_preference_fit`): each step runs the top layers over the states
+    of its batch's titles only, and its losses equal those of the same training scored over every title of the trie
+    each step (the reference's log-probs for the first loss, log 2)."""
+    from flower_lite.config import RQ1Run
+    from flower_lite.experiments.rq1 import RQ1_PROMPT
+    from flower_lite.experiments.rq1_table import prepare
+    from flower_lite.pairs import popularity_pairs
+    from flower_lite.train import batch_indices, load_trainable
+
+    bench = prepare(RQ1Run(model="tiny", titles=40, sample_size=100, trunk_layers=1))
+    policy, trie = bench.policy, bench.trie
+    chosen, rejected = popularity_pairs(trie.title_log_probs().exp().numpy(), 400, np.random.default_rng(0))
+    steps, batch, beta, lr = 6, 4, 0.1, 3e-3
+
+    with torch.no_grad():
+        ref, _ = policy.title_log_probs(RQ1_PROMPT, trie)
+    params = [p for p in policy.module.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    whole = []
+    for step in range(steps):  # every title scored every step
+        rows = torch.as_tensor(batch_indices(len(chosen), batch, step, 0))
+        log_p, _ = policy.title_log_probs(RQ1_PROMPT, trie)
+        c, r = torch.as_tensor(chosen)[rows], torch.as_tensor(rejected)[rows][:, None]
+        value = rq3.preference_loss("dpo", log_p[c], log_p[r], ref[c], ref[r], beta)
+        optimizer.zero_grad()
+        value.backward()
+        optimizer.step()
+        whole.append(value.item())
+
+    load_trainable(policy.module, bench.initial)
+    scored, node_logits = [], policy.node_logits
+    policy.node_logits = lambda prompt, nodes: scored.append(nodes.numel()) or node_logits(prompt, nodes)
+    log = rq3.title_preference_fit(policy, trie, RQ1_PROMPT, chosen, rejected, "dpo", beta, lr, steps, batch)
+    del policy.node_logits
+    assert log[0]["loss"] == pytest.approx(np.log(2), abs=1e-6)
+    assert [e["loss"] for e in log] == pytest.approx(whole, abs=1e-5)
+    assert whole[-1] < whole[0] - 1e-3
+    states = int((trie.structure.token != trie.eos_id).sum())  # the root and every title's inner states
+    assert len(scored) == steps and max(scored) < states / 2, (scored, states)

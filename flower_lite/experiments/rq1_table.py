@@ -162,29 +162,33 @@ def fit_row_metrics(bench: RQ1Bench) -> dict:
 
 
 def rq1_table(run: RQ1Run, steps: int = 200, seed: int = 0, warm: bool = True, rows=TABLE_ROWS, progress: bool = False,
-              only=None, **overrides) -> tuple[list[dict], dict[str, list[dict]], RQ1Bench]:
+              only=None, on_row=None, **overrides) -> tuple[list[dict], dict[str, list[dict]], RQ1Bench]:
     """Every row of ``rows`` (:data:`TABLE_ROWS`), then from the SFT row's weights the GFlowNet rows again (with
     ``warm``) and :data:`ALIGN_ROWS`, on ``run``'s model and target: ``(table rows, histories by row label, the shared
     bench)``. ``only``: the row names to keep (each with its control, cold and warm; the others are skipped, so every
-    kept row is the same fit as in the whole table)."""
+    kept row is the same fit as in the whole table). ``on_row(row)`` is called with each table row as it is done (a
+    long table can then show and keep its rows before it ends)."""
     keep = _row_filter(rows, only, warm)
     bench = prepare(run, seed)
     table, histories, sft_state = [], {}, None
-    for row in filter(keep, rows):
-        out, histories[row.label] = fit_row(bench, row, steps, bench.initial, seed, progress=progress, **overrides)
+
+    def fit(row: Row, start: dict, **more) -> None:
+        out, histories[row.label] = fit_row(bench, row, steps, start, seed, progress=progress, **{**overrides, **more})
         table.append(out)
+        if on_row is not None:
+            on_row(out)
+
+    for row in filter(keep, rows):
+        fit(row, bench.initial)
         if row.name == "sft":
             sft_state = trainable_state(bench.policy.module)
     if sft_state is None:
         return table, histories, bench
     warm_rows = [replace(r, warm=True) for r in rows if warm and r.objective is not None and r.objective.gfn]
     for row in filter(keep, warm_rows):
-        out, histories[row.label] = fit_row(bench, row, steps, sft_state, seed, progress=progress, warmup_steps=0,
-                                            **overrides)
-        table.append(out)
+        fit(row, sft_state, warmup_steps=0)
     for row in filter(keep, ALIGN_ROWS):
-        out, histories[row.label] = fit_row(bench, row, steps, sft_state, seed, progress=progress, **overrides)
-        table.append(out)
+        fit(row, sft_state)
     return table, histories, bench
 
 

@@ -33,6 +33,7 @@ from ..config import check_fields, setting
 from ..losses import dpo_loss, rloo_loss, softmax_dpo_loss, summed_margins_dpo_loss
 from ..pairs import popularity_negatives, uniform_negatives
 from ..train import batch_indices
+from ..tree_attention import eval_mode
 from ..trie import Trie
 
 PREFERENCE_LOSSES = ("dpo", "sdpo", "dmpo_as_coded")
@@ -183,24 +184,31 @@ def title_preference_fit(policy, trie, prompt: str, chosen: np.ndarray, rejected
                          ) -> list[dict]:
     """Preference training on one prompt (RQ1's DPO baseline): ``chosen`` [pairs] and ``rejected`` [pairs] or
     [pairs, k] title indices (``trie.terminal_nodes`` order); ``policy`` a :class:`~flower_lite.trunk.CachedTrunkPolicy`
-    or :class:`~flower_lite.rollout.LMPolicy`. Every step gives every title's exact log pi(title + T | prompt) (one
-    pass of the top layers over the trie on the frozen trunk); the reference's are computed once. Returns the log
-    per step (loss, mean margin)."""
+    or :class:`~flower_lite.rollout.LMPolicy`. The reference's log pi(title + T | prompt) of every title are computed
+    once; each step scores only its batch's distinct titles (:func:`sequence_log_probs`: on the frozen trunk, one pass
+    of the top layers over the states on their paths, not over the whole trie). Returns the log per step (loss, mean
+    margin)."""
     _check_loss(loss)
     chosen = torch.as_tensor(np.asarray(chosen, dtype=np.int64))
     rejected = torch.as_tensor(np.asarray(rejected, dtype=np.int64))
     rejected = rejected[:, None] if rejected.ndim == 1 else rejected
     with torch.no_grad():
         ref, _ = policy.title_log_probs(prompt, trie)  # the reference, once
+    items = trie.title_first_item().to(trie.device)
     params = [p for p in policy.module.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     log = []
     for step in range(steps):
         rows = torch.as_tensor(batch_indices(len(chosen), batch_size, step, seed))
-        log_p, _ = policy.title_log_probs(prompt, trie)
-        c, r = chosen[rows].to(log_p.device), rejected[rows].to(log_p.device)
-        value = preference_loss(loss, log_p[c], log_p[r], ref[c], ref[r], beta)
-        log.append(_step(optimizer, value, log_p[c], log_p[r], ref[c], ref[r], step))
+        c, r = chosen[rows], rejected[rows]
+        titles, where = torch.unique(torch.cat([c, r.flatten()]), return_inverse=True)
+        with eval_mode(torch.nn.ModuleList([policy.module])):  # as the reference: no dropout
+            log_p = sequence_log_probs(policy, trie, [prompt] * titles.numel(), items[titles.to(trie.device)])
+        log_p = log_p[where.to(log_p.device)]
+        pi_c, pi_r = log_p[: c.numel()], log_p[c.numel():].view(r.shape)
+        c, r = c.to(ref.device), r.to(ref.device)
+        value = preference_loss(loss, pi_c, pi_r, ref[c], ref[r], beta)
+        log.append(_step(optimizer, value, pi_c, pi_r, ref[c], ref[r], step))
     return log
 
 
