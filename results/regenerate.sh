@@ -60,6 +60,8 @@ run rq3_smollm2_movielens "$PY" results/rq3_table.py --model smollm2 --data movi
 run rq1_stops_smollm2 "$PY" results/rq1_table.py --model smollm2 --stops --out $R/rq1_stops_smollm2.json
 run rq1_stops_tiny "$PY" results/rq1_table.py --model tiny --stops --out $R/rq1_stops_tiny.json
 run rq1_tiny "$PY" results/rq1_table.py --model tiny --steps 200 --out $R/rq1_tiny.json
+run rq1_tiny_seeds "$PY" results/rq1_table.py --model tiny --steps 200 --seeds 0 1 2 --no-warm \
+    --rows initial sft "subtb (Flower as published)" "sft+subtb θ=0.995" db distill dpo rloo --out $R/rq1_tiny_seeds.json
 run rq1_smollm2 "$PY" results/rq1_table.py --model smollm2 --steps 200 --out $R/rq1_smollm2.json
 run rq1_smollm2_seeds "$PY" results/rq1_table.py --model smollm2 --steps 200 --seeds 0 1 2 --no-warm \
     --rows initial sft "subtb (Flower as published)" "sft+subtb θ=0.995" db distill dpo rloo --out $R/rq1_smollm2_seeds.json
