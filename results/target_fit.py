@@ -6,11 +6,11 @@ balance), and Flower's mix, each GFlowNet run repeated with a reversed-popularit
 and prints KL(P_u || Q_u) / KL(Q_u || P_u) against the true target on test rows
 (``experiments.rq2.target_fit_comparison``)::
 
-    python results/target_fit.py --steps 300 --seed 0 [--warm-start] [--out results/records/target_fit.json]
+    python results/target_fit.py --steps 300 --seed 0 [--warm-start] [--out fit.json]
     python results/target_fit.py --steps 300 --seeds 0 1 2 --out results/records/target_fit_seeds.json
 
 ``--warm-start`` trains SFT first and starts the GFlowNet-only runs from its weights. ``--seeds`` runs the whole
-comparison once per seed (the data's split, SASRec, the initial weights, the batches) and records each run's mean
+comparison once per seed (the test rows, SASRec, the initial weights, the batches) and records each run's mean
 over seeds with its 95% t-interval, and every seed's rows.
 """
 from __future__ import annotations
