@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Rerun every command whose record feeds a table of results/README.md, then render the tables.
-# About 14 hours on a 2-core CPU (the SmolLM2 RQ1 table an hour, its seeds and the 1,439-title seeds half an hour each, the two SmolLM2 RQ3 tables an hour and a half each, the full SmolLM2 Movies & TV and MovieLens tables two each, the longer MovieLens SFT runs 50 minutes), one command at a time (set FLOWER_LITE_LOCK to a lock file to wait for it).
+# About 14 hours on a 2-core CPU (the SmolLM2 RQ1 table an hour, its seeds and the 1,439-title seeds half an hour each and the 1,439-title 600-step rows 20 minutes, the two SmolLM2 RQ3 tables an hour and a half each, the full SmolLM2 Movies & TV and MovieLens tables two each, the longer MovieLens SFT runs 50 minutes), one command at a time (set FLOWER_LITE_LOCK to a lock file to wait for it).
 #   bash results/regenerate.sh            # everything
 #   bash results/regenerate.sh "rq2_quick*"  # only the records whose name matches the pattern
 set -euo pipefail
@@ -68,5 +68,7 @@ run rq1_smollm2_seeds "$PY" results/rq1_table.py --model smollm2 --steps 200 --s
 run rq1_smollm2_movies1439 "$PY" results/rq1_table.py --model smollm2 --data movies1439 --steps 200 --seeds 0 1 2 --no-warm \
     --rows initial sft "subtb (Flower as published)" "sft+subtb θ=0.995" "subtb_exact (stop terms held out)" db distill dpo \
     --out $R/rq1_smollm2_movies1439.json
+run rq1_smollm2_movies1439_600 "$PY" results/rq1_table.py --model smollm2 --data movies1439 --steps 600 --seeds 0 1 2 \
+    --no-warm --rows db "subtb_exact (stop terms held out)" --out $R/rq1_smollm2_movies1439_600.json
 run rq2_check "$FL" compare --steps 30 --train-rows 400 --valid-rows 16 --test-rows 32 --out $R/rq2_check.json
 "$PY" results/tables.py

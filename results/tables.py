@@ -268,6 +268,7 @@ TABLES: dict[str, Table] = {
     "rq1-smollm2": Table(["rq1_smollm2"], lambda: rq1_table("rq1_smollm2")),
     "rq1-smollm2-seeds": Table(["rq1_smollm2_seeds"], lambda: rq1_seed_table("rq1_smollm2_seeds")),
     "rq1-smollm2-movies1439": Table(["rq1_smollm2_movies1439"], lambda: rq1_seed_table("rq1_smollm2_movies1439")),
+    "rq1-smollm2-movies1439-600": Table(["rq1_smollm2_movies1439_600"], lambda: rq1_seed_table("rq1_smollm2_movies1439_600")),
     "rq1-tiny": Table(["rq1_tiny"], lambda: rq1_table("rq1_tiny")),
     "rq1-tiny-seeds": Table(["rq1_tiny_seeds"], lambda: rq1_seed_table("rq1_tiny_seeds")),
 }
