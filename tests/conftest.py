@@ -8,6 +8,21 @@ from typing import NoReturn
 
 import pytest
 
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+
+
+@pytest.fixture(scope="session")
+def results_script():
+    """``results_script("rq1_table.py")``: that script of ``results/`` loaded as a module (its ``main()`` runs only when
+    a test calls it)."""
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(f"results_{Path(name).stem}", RESULTS / name)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load
+
 
 @pytest.fixture(scope="module")
 def one_thread():

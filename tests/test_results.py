@@ -47,7 +47,7 @@ def test_the_check_catches_a_number_edited_by_hand():
 
 
 @pytest.mark.parametrize("path", RECORDS, ids=lambda p: p.stem)
-def test_every_record_was_written_by_a_valid_command_that_names_it(path):
+def test_every_record_was_written_by_a_valid_command_that_names_it(path, results_script):
     record = json.loads(path.read_text(encoding="utf-8"))
     argv = shlex.split(record["command"])
     out = argv[argv.index("--out") + 1]
@@ -58,9 +58,7 @@ def test_every_record_was_written_by_a_valid_command_that_names_it(path):
         build_parser().parse_args(argv[1:])  # raises SystemExit on an invalid command
     else:
         assert argv[0] == "python" and argv[1].startswith("results/"), argv
-        script = importlib.util.spec_from_file_location("results_script", ROOT / argv[1])
-        module = importlib.util.module_from_spec(script)
-        script.loader.exec_module(module)  # its main() runs only as __main__
+        module = results_script(Path(argv[1]).name)  # its main() runs only when called
         module.build_parser().parse_args(argv[2:])  # raises SystemExit on an invalid command
     assert record["rows"] and record["environment"]["torch"]
     script = (ROOT / "results" / "regenerate.sh").read_text(encoding="utf-8")
@@ -114,13 +112,11 @@ def test_the_pipeline_check_table_is_reproduced_by_its_command(tmp_path):
             assert new[key] == pytest.approx(value, abs=tolerance), (old["method"], key, value, new[key])
 
 
-def test_target_fit_script_over_seeds_records_each_seed_and_their_mean(tmp_path, monkeypatch):
+def test_target_fit_script_over_seeds_records_each_seed_and_their_mean(tmp_path, monkeypatch, results_script):
     """``results/target_fit.py --seeds``: the comparison once per seed (the seed reaches the set-up and the training),
     every seed's rows kept, and each run's mean with its 95% t-interval; fewer than 2 distinct seeds are refused.
     The comparison itself is a stand-in whose KL is the seed plus a per-run offset."""
-    spec = importlib.util.spec_from_file_location("target_fit_script", ROOT / "results" / "target_fit.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = results_script("target_fit.py")
     seeds_seen = []
 
     def fake_setup(data, seed, sasrec_config):

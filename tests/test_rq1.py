@@ -134,18 +134,13 @@ def test_rq1_bench_setup_states_the_trie_and_the_stored_states_it_shares():
     assert setup["cache_bytes"] == positions * hidden * 4 > 0
 
 
-def test_rq1_script_over_seeds_records_each_seed_and_their_mean_with_its_interval(tmp_path, monkeypatch):
+def test_rq1_script_over_seeds_records_each_seed_and_their_mean_with_its_interval(tmp_path, monkeypatch, results_script):
     """``results/rq1_table.py --seeds``: one table per seed (the seeds differ), and each row's mean over them with a
     95% t-interval around it; fewer than 2 distinct seeds are refused."""
-    import importlib.util
     import json
     import sys
-    from pathlib import Path
 
-    script = Path(__file__).resolve().parents[1] / "results" / "rq1_table.py"
-    spec = importlib.util.spec_from_file_location("rq1_script", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = results_script("rq1_table.py")
     out = tmp_path / "seeds.json"
     monkeypatch.setattr(sys, "argv", ["rq1_table.py", "--model", "tiny", "--data", "default", "--steps", "2",
                                       "--no-warm", "--rows", "sft", "db", "--seeds", "0", "1", "--out", str(out)])
@@ -164,20 +159,15 @@ def test_rq1_script_over_seeds_records_each_seed_and_their_mean_with_its_interva
         module.main()
 
 
-def test_rq1_script_stopped_early_keeps_the_rows_it_finished(tmp_path, monkeypatch):
+def test_rq1_script_stopped_early_keeps_the_rows_it_finished(tmp_path, monkeypatch, results_script):
     """``results/rq1_table.py --out X.json`` keeps each row as it is done in ``X.partial.json`` (with its seed), so a
     long table stopped early loses only the row it was on; the finished record replaces the partial one."""
-    import importlib.util
     import json
     import sys
-    from pathlib import Path
 
     from flower_lite.experiments import rq1_table as table_module
 
-    script = Path(__file__).resolve().parents[1] / "results" / "rq1_table.py"
-    spec = importlib.util.spec_from_file_location("rq1_script", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = results_script("rq1_table.py")
     out, partial = tmp_path / "t.json", tmp_path / "t.partial.json"
     argv = ["rq1_table.py", "--model", "tiny", "--data", "default", "--steps", "2", "--no-warm", "--rows", "sft", "db",
             "--out", str(out)]

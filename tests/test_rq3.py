@@ -191,15 +191,10 @@ def test_preference_rows_on_the_per_row_trunk_score_as_the_whole_model(tmp_path)
         rq3.rejected_items(setup, "random", 1, rng)
 
 
-def test_rq3_results_script_writes_its_record(tmp_path):
-    import importlib.util
+def test_rq3_results_script_writes_its_record(tmp_path, results_script):
     import json
-    from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "results" / "rq3_table.py"
-    spec = importlib.util.spec_from_file_location("rq3_script", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = results_script("rq3_table.py")
     out = tmp_path / "rq3.json"
     script.main(["--train-rows", "200", "--valid-rows", "4", "--test-rows", "6", "--steps", "2", "--align-steps", "2",
                  "--align-rows", "16", "--aligners", "RosePO", "--cache-dir", str(tmp_path), "--out", str(out)])

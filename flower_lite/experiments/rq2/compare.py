@@ -9,7 +9,7 @@ from typing import Callable, Sequence
 import torch
 
 from ...config import RQ2_METHODS, Objective, RewardSpec, RQ2Run, TrainConfig
-from ...metrics import paired_difference, per_row_gains, seed_interval
+from ...metrics import paired_difference, per_row_gains
 from .diagnostics import reward_ranking
 from .lm import run_config, run_setup
 from .methods import MethodResult, decode, flower, ifairlrs, popularity, sasrec, score, sft_family, train_model
@@ -163,5 +163,3 @@ def rq2_table(run: RQ2Run | None = None, train: TrainConfig | None = None, rewar
 
 SEED_KEYS = ("hit@5", "hit@10", "ndcg@5", "ndcg@10", "dgu", "mgu", "coverage", "gini", "tail_share", "d_hit@10", "d_ndcg@10")
 """The columns :func:`~flower_lite.metrics.seed_summary` aggregates (the paired differences to BIGRec (SFT) included)."""
-
-
