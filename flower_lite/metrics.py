@@ -27,7 +27,8 @@ __all__ = [
     "with_invalid_bucket", "kl_divergence", "js_divergence", "total_variation", "entropy",
     "support_size", "coverage", "gini", "tail_share", "rank_metrics", "hit_at_k", "ndcg_at_k",
     "group_unfairness", "popularity_group_ids", "word_entropy", "type_token_ratio",
-    "invalid_count", "evaluate", "paired_difference", "seed_interval", "seed_summary",
+    "invalid_count", "evaluate", "paired_difference", "row_exposure", "exposure_metrics", "paired_exposure_difference",
+    "seed_interval", "seed_summary",
 ]
 
 Ranked = Sequence[Sequence[int]]
@@ -362,6 +363,82 @@ def paired_difference(a: ArrayLike, b: ArrayLike, resamples: int = 2000, seed: i
     null = np.abs((flips * d).mean(axis=1))
     p = (1 + np.sum(null >= abs(d.mean()) - 1e-12)) / (1 + resamples)
     return {"diff": float(d.mean()), "lo": float(lo), "hi": float(hi), "p": float(p)}
+
+
+EXPOSURE_KEYS = ("dgu", "mgu", "coverage", "gini", "tail_share")
+"""The list-level metrics of :func:`evaluate` that :func:`paired_exposure_difference` gives intervals for."""
+
+
+def row_exposure(ranked: Ranked, num_items: int) -> np.ndarray:
+    """Each row's valid slots per item, float64 [rows, ``num_items``]: a sum of rows is the exposure vector
+    :func:`evaluate` scores (invalid ids left out)."""
+    rows = _rows(ranked)
+    out = np.zeros((len(rows), num_items))
+    for u, row in enumerate(rows):
+        ids = np.array([i for i in row if 0 <= i < num_items], dtype=np.int64)
+        np.add.at(out[u], ids, 1.0)
+    return out
+
+
+def exposure_metrics(exposure: np.ndarray, train_counts: ArrayLike, n_groups: int = 8,
+                     head_fraction: float = 0.2) -> dict[str, np.ndarray]:
+    """DGU, MGU, coverage, Gini and tail share of exposure vectors ``exposure`` [..., N] (slots per item), each
+    [...], by the formulas of :func:`group_unfairness`, :func:`gini` and :func:`tail_share` (NaN without a slot)."""
+    c = _weights(train_counts, "train_counts")
+    e = np.asarray(exposure, dtype=np.float64)
+    groups = popularity_group_ids(c, n_groups)
+    gp_data = np.array([c[g].sum() for g in groups]) / c.sum()
+    in_group = np.stack([e[..., g].sum(axis=-1) for g in groups], axis=-1)
+    head = np.argsort(-c, kind="stable")[: int(round(head_fraction * c.size))]
+    total = e.sum(axis=-1)
+    x = np.sort(e, axis=-1)
+    i = np.arange(1, c.size + 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        gu = in_group / in_group.sum(axis=-1, keepdims=True) - gp_data
+        return {"dgu": gu.max(axis=-1) - gu.min(axis=-1), "mgu": np.abs(gu).mean(axis=-1),
+                "coverage": (e > 0).sum(axis=-1).astype(np.float64),
+                "gini": np.sum((2 * i - c.size - 1) * x, axis=-1) / (c.size * total),
+                "tail_share": 1.0 - e[..., head].sum(axis=-1) / total}
+
+
+def paired_exposure_difference(ranked_a: Ranked, ranked_b: Ranked, train_counts: ArrayLike,
+                               keys: Sequence[str] = EXPOSURE_KEYS, resamples: int = 2000, seed: int = 0,
+                               level: float = 0.95, n_groups: int = 8, chunk: int = 250) -> dict[str, dict]:
+    """For each list-level metric of ``keys`` (:data:`EXPOSURE_KEYS`): its value on lists ``a`` minus its value on
+    lists ``b`` over the same rows, a paired percentile bootstrap interval (rows resampled with replacement, both
+    methods' lists of a drawn row kept together, ``resamples`` times, seeded) and a two-sided randomization p-value
+    (each row's two lists swapped at random: the null that the methods are exchangeable on every row).
+
+    These metrics are not means of per-row terms, as hit@K is: each resample recomputes them from the exposure of
+    its rows (``chunk`` resamples at a time). Returns ``{key: {"diff", "lo", "hi", "p"}}``.
+    """
+    unknown = [k for k in keys if k not in EXPOSURE_KEYS]
+    if unknown:
+        raise ValueError(f"no list-level interval for {unknown}: expected keys among {EXPOSURE_KEYS}")
+    n = np.asarray(train_counts).size
+    a, b = row_exposure(ranked_a, n), row_exposure(ranked_b, n)
+    if a.shape != b.shape:
+        raise ValueError(f"paired_exposure_difference needs the same rows for both methods, got {len(a)} and {len(b)}")
+    metric = lambda e: exposure_metrics(e, train_counts, n_groups)  # noqa: E731
+    full_a, full_b = metric(a.sum(0)), metric(b.sum(0))
+    diff = {k: float(full_a[k] - full_b[k]) for k in keys}
+    rng = np.random.default_rng(seed)
+    times = rng.multinomial(len(a), np.full(len(a), 1.0 / len(a)), size=resamples)  # [resamples, rows]: draws per row
+    swap = (rng.random((resamples, len(a))) < 0.5).astype(np.float64)  # 1: the row's two lists change places
+    boot, null = {k: [] for k in keys}, {k: [] for k in keys}
+    for s in range(0, resamples, chunk):
+        t, moved = times[s:s + chunk], swap[s:s + chunk] @ (b - a)
+        ma, mb = metric(t @ a), metric(t @ b)
+        sa, sb = metric(a.sum(0) + moved), metric(b.sum(0) - moved)
+        for k in keys:
+            boot[k].append(ma[k] - mb[k])
+            null[k].append(np.abs(sa[k] - sb[k]))
+    out = {}
+    for k in keys:
+        lo, hi = np.nanquantile(np.concatenate(boot[k]), [(1 - level) / 2, (1 + level) / 2])
+        p = (1 + np.sum(np.concatenate(null[k]) >= abs(diff[k]) - 1e-12)) / (1 + resamples)
+        out[k] = {"diff": diff[k], "lo": float(lo), "hi": float(hi), "p": float(p)}
+    return out
 
 
 T_975 = (12.7062, 4.3027, 3.1824, 2.7764, 2.5706, 2.4469, 2.3646, 2.3060, 2.2622, 2.2281)

@@ -81,19 +81,30 @@ def rq2_table(name: str) -> str:
 
 
 def paired(row: dict, key: str) -> str:
-    """``+0.012 [-0.004, +0.028] p=0.14``: the row's mean per-user difference to BIGRec (SFT), its paired bootstrap
-    95% interval and randomization p-value; empty for the baseline itself."""
+    """``+0.012 [-0.004, +0.028] p=0.14``: the row's difference in ``key`` to its baseline (BIGRec (SFT), or an aligned
+    row's start) on the same test rows, its paired bootstrap 95% interval and randomization p-value; empty for the
+    baseline itself."""
     if f"d_{key}" not in row:
         return ""
     return f"{row[f'd_{key}']:+.3f} [{row[f'd_{key}_lo']:+.3f}, {row[f'd_{key}_hi']:+.3f}] p={row[f'p_{key}']:.3f}"
 
 
+PAIRED_COLUMNS = (("HR@10", "hit@10"), ("NDCG@10", "ndcg@10"), ("DGU", "dgu"), ("tail share", "tail_share"))
+
+
+def paired_columns(r: dict, against: str) -> tuple[list[str], list[list[str]]]:
+    """The headers and, per row of record ``r``, the cells of its paired differences (:func:`paired`) in every key of
+    :data:`PAIRED_COLUMNS` that some row carries (records before the exposure intervals have HR@10 and NDCG@10)."""
+    keys = [(c, k) for c, k in PAIRED_COLUMNS if any(f"d_{k}" in x for x in r["rows"])] or list(PAIRED_COLUMNS[:2])
+    return [f"Δ{c} vs {against} [95%], p" for c, _ in keys], [[paired(x, k) for _, k in keys] for x in r["rows"]]
+
+
 def rq2_paired_table(name: str) -> str:
-    """The RQ2 columns and, per row, the paired difference to BIGRec (SFT) in HR@10 and NDCG@10."""
+    """The RQ2 columns and, per row, the paired difference to BIGRec (SFT) in HR@10, NDCG@10 (and DGU, tail share)."""
     r = read(name)
-    rows = [[x["method"], *(cell(x[k]) for _, k in RQ2_COLUMNS), paired(x, "hit@10"), paired(x, "ndcg@10")]
-            for x in r["rows"]]
-    header = ["method", *(c for c, _ in RQ2_COLUMNS), "ΔHR@10 vs SFT [95%], p", "ΔNDCG@10 vs SFT [95%], p"]
+    header, cells = paired_columns(r, "SFT")
+    rows = [[x["method"], *(cell(x[k]) for _, k in RQ2_COLUMNS), *d] for x, d in zip(r["rows"], cells)]
+    header = ["method", *(c for c, _ in RQ2_COLUMNS), *header]
     chosen = [f"{x['method']}: " + "; ".join(f"{s['objective']} {s['valid_ndcg@10']:.4f}" for s in x["selection"])
               for x in r["rows"] if "selection" in x]
     selection = "".join(f"\nValidation NDCG@10 of the θ candidates, {c}.\n" for c in chosen)
@@ -104,8 +115,9 @@ def rq3_table(name: str) -> str:
     """The starts and every aligner from each, with each aligned row's paired difference to its own start."""
     r = read(name)
     columns = [c for c in RQ2_COLUMNS if c[1] in r["rows"][0]]
-    rows = [[x["method"], *(cell(x[k]) for _, k in columns), paired(x, "hit@10"), paired(x, "ndcg@10")] for x in r["rows"]]
-    header = ["method", *(c for c, _ in columns), "ΔHR@10 vs its start [95%], p", "ΔNDCG@10 vs its start [95%], p"]
+    header, cells = paired_columns(r, "its start")
+    rows = [[x["method"], *(cell(x[k]) for _, k in columns), *d] for x, d in zip(r["rows"], cells)]
+    header = ["method", *(c for c, _ in columns), *header]
     return commands(r) + "\n" + markdown(header, rows) + "\n" + when(r)
 
 
@@ -264,6 +276,7 @@ TABLES: dict[str, Table] = {
     "rq3-tiny": Table(["rq3_tiny"], lambda: rq3_table("rq3_tiny")),
     "rq3-smollm2-movies": Table(["rq3_smollm2_movies"], lambda: rq3_table("rq3_smollm2_movies")),
     "rq3-smollm2-movielens": Table(["rq3_smollm2_movielens"], lambda: rq3_table("rq3_smollm2_movielens")),
+    "rq3-smollm2-movies-rloo": Table(["rq3_smollm2_movies_rloo"], lambda: rq3_table("rq3_smollm2_movies_rloo")),
     "rq1-stops": Table(["rq1_stops_smollm2", "rq1_stops_tiny"], lambda: rq1_stops("rq1_stops_smollm2", "rq1_stops_tiny")),
     "rq1-smollm2": Table(["rq1_smollm2"], lambda: rq1_table("rq1_smollm2")),
     "rq1-smollm2-seeds": Table(["rq1_smollm2_seeds"], lambda: rq1_seed_table("rq1_smollm2_seeds")),

@@ -160,7 +160,9 @@ def test_rq3_table_aligns_every_start_and_pairs_it_with_its_own_start(tmp_path):
     for aligner in rq3.ALIGNERS:
         for start in ("BIGRec (SFT)", "Flower"):
             row = next(r for r in rows if r["method"] == f"{aligner} from {start}")
-            assert {"d_hit@10", "d_hit@10_lo", "d_hit@10_hi", "p_hit@10"} <= set(row)
+            assert {"d_hit@10", "d_hit@10_lo", "d_hit@10_hi", "p_hit@10", "d_dgu", "p_dgu", "d_tail_share"} <= set(row)
+            start_row = next(r for r in rows if r["method"] == start)
+            assert row["d_dgu"] == pytest.approx(row["dgu"] - start_row["dgu"], abs=2e-4)
             assert len(results[row["method"]].history) == 5
     moved = [results[f"S-DPO from {s}"].ranked != results[s].ranked for s in ("BIGRec (SFT)", "Flower")]
     assert any(moved)

@@ -28,6 +28,7 @@ from typing import Sequence
 import numpy as np
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from ..config import check_fields, setting
 from ..losses import dpo_loss, rloo_loss, softmax_dpo_loss, summed_margins_dpo_loss
@@ -127,16 +128,17 @@ def _step(optimizer, value: Tensor, pi_c: Tensor, pi_r: Tensor, ref_c: Tensor, r
 
 
 def align(policy, trie: Trie, pairs: PreferencePairs, loss: str = "dpo", beta: float = 0.3, lr: float = 1e-4,
-          steps: int = 100, batch_size: int = 8, seed: int = 0) -> list[dict]:
+          steps: int = 100, batch_size: int = 8, seed: int = 0, progress: str | None = None) -> list[dict]:
     """Train ``policy`` (started from the reference) on ``pairs`` with ``loss``: AdamW on its trainable weights,
-    seeded batches, each step one pass over the batch's chosen and rejected titles. Returns the log per step."""
+    seeded batches, each step one pass over the batch's chosen and rejected titles (``progress``: the label of a
+    progress bar). Returns the log per step."""
     _check_loss(loss)
     params = [p for p in policy.module.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     k = pairs.rejected.shape[1]
     policy.module.train()
     log = []
-    for step in range(steps):
+    for step in tqdm(range(steps), desc=progress, disable=progress is None, leave=False):
         rows = batch_indices(len(pairs), batch_size, step, seed)
         items = np.concatenate([pairs.chosen[rows, None], pairs.rejected[rows]], axis=1).ravel()
         lp = sequence_log_probs(policy, trie, [pairs.prompts[i] for i in rows for _ in range(k + 1)], items)
@@ -278,7 +280,7 @@ def align_from(name: str, setup, start_policy, aligner: str, config: AlignConfig
         raise ValueError(f"unknown aligner {aligner!r}: expected one of {list(ALIGNERS)}")
     loss, negatives, k = ALIGNERS[aligner]
     if loss == "rloo":
-        module, log = rloo_align(setup, start_policy, config, samples=k)
+        module, log = rloo_align(setup, start_policy, config, samples=k, progress=name if progress else None)
         ranked = decode(module, setup, progress=f"decode {name}" if progress else None)
         return score(name, setup, ranked, model=module, history=log)
     rng = np.random.default_rng(config.seed)
@@ -287,7 +289,8 @@ def align_from(name: str, setup, start_policy, aligner: str, config: AlignConfig
     prompts, chosen = setup.prompts["train"][-n:], np.asarray(setup.data.train.target)[-n:]
     policy = on_pairs(start_policy, setup, prompts, chosen, rejected[-n:], cache_dir)
     pairs = preference_pairs(policy, setup.trie, prompts, chosen, rejected[-n:])
-    log = align(policy, setup.trie, pairs, loss, config.beta, config.lr, config.steps, config.batch_size, config.seed)
+    log = align(policy, setup.trie, pairs, loss, config.beta, config.lr, config.steps, config.batch_size, config.seed,
+                name if progress else None)
     ranked = decode(policy.module, setup, progress=f"decode {name}" if progress else None)
     return score(name, setup, ranked, model=policy.module, history=log)
 
@@ -304,7 +307,8 @@ def sampled_items(trie: Trie, traj) -> Tensor:
     return trie.title_first_item().to(trie.device)[title]
 
 
-def rloo_align(setup, start_policy, config: AlignConfig = AlignConfig(), samples: int = 4, kl_coef: float = RLOO_KL):
+def rloo_align(setup, start_policy, config: AlignConfig = AlignConfig(), samples: int = 4, kl_coef: float = RLOO_KL,
+               progress: str | None = None):
     """The RQ3 RL baseline (the role of the paper's PPO): REINFORCE leave-one-out from ``start_policy``'s weights.
     Each step samples ``samples`` trie-constrained titles for each of ``config.batch_size`` train prompts (each
     prompt run once for its samples); a title's reward is its SASRec preference p_ui, min-max normalised over the
@@ -315,7 +319,7 @@ def rloo_align(setup, start_policy, config: AlignConfig = AlignConfig(), samples
     once per step (tree attention: each prompt once) and the top layers score them, the reference being the
     start's top-layer weights put back for one pass; a plain model runs whole, beside a frozen copy as the
     reference. Returns the trained module and its log per step (loss, mean reward, mean log pi - log pi_ref of the
-    samples)."""
+    samples); ``progress``: the label of a progress bar."""
     import copy
 
     from ..rollout import LMPolicy
@@ -340,7 +344,7 @@ def rloo_align(setup, start_policy, config: AlignConfig = AlignConfig(), samples
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
     generator = torch.Generator(device="cpu").manual_seed(config.seed)
     log = []
-    for step in range(config.steps):
+    for step in tqdm(range(config.steps), desc=progress, disable=progress is None, leave=False):
         rows = first + batch_indices(train_rows - first, config.batch_size, step, config.seed)
         distinct = [setup.prompts["train"][r] for r in rows]
         prompts = [p for p in distinct for _ in range(samples)]

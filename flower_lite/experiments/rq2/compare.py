@@ -9,7 +9,7 @@ from typing import Callable, Sequence
 import torch
 
 from ...config import RQ2_METHODS, Objective, RewardSpec, RQ2Run, TrainConfig
-from ...metrics import paired_difference, per_row_gains
+from ...metrics import EXPOSURE_KEYS, paired_difference, paired_exposure_difference, per_row_gains
 from .diagnostics import reward_ranking
 from .lm import run_config, run_setup
 from .methods import MethodResult, decode, flower, ifairlrs, popularity, sasrec, score, sft_family, train_model
@@ -91,29 +91,36 @@ def select_on_validation(setup: RecSetup, new_model: Callable[[], torch.nn.Modul
 
 
 BASELINE = "BIGRec (SFT)"
-PAIRED_KEYS = ("hit@10", "ndcg@10")
+PAIRED_KEYS = ("hit@10", "ndcg@10", *EXPOSURE_KEYS)
 
 
 def paired_to(results: dict[str, MethodResult], setup: RecSetup, baseline: str = BASELINE, keys: Sequence[str] = PAIRED_KEYS,
               resamples: int = 2000, seed: int = 0) -> dict[str, dict[str, float]]:
-    """Per method (the baseline excepted), for each ``key`` (``hit@K`` / ``ndcg@K``): the mean per-row difference to
-    ``baseline`` on the same test rows, its paired bootstrap 95% interval and randomization p-value
-    (:func:`~flower_lite.metrics.paired_difference`), as ``{"d_hit@10", "d_hit@10_lo", "d_hit@10_hi", "p_hit@10", ...}``."""
+    """Per method (the baseline excepted), for each ``key``: the difference to ``baseline`` on the same test rows,
+    its paired bootstrap 95% interval and randomization p-value, as ``{"d_hit@10", "d_hit@10_lo", "d_hit@10_hi",
+    "p_hit@10", ...}``. ``hit@K`` / ``ndcg@K``: the mean per-row difference
+    (:func:`~flower_lite.metrics.paired_difference`); the exposure metrics (DGU, MGU, coverage, Gini, tail share):
+    the list-level difference, recomputed on each resample of the rows
+    (:func:`~flower_lite.metrics.paired_exposure_difference`)."""
     if baseline not in results:
         return {}
     targets = setup.data.test.target
-    gains = {name: {} for name in results}
-    for name, r in results.items():
-        for key in keys:
-            k = int(key.split("@")[1])
-            gains[name][key] = per_row_gains(r.ranked, targets, k)[key]
+    base = results[baseline]
+    listed = [k for k in keys if k in EXPOSURE_KEYS]
     out = {}
-    for name in results:
+    for name, r in results.items():
         if name == baseline:
             continue
+        diffs = paired_exposure_difference(r.ranked, base.ranked, setup.counts, listed, resamples, seed,
+                                           n_groups=setup.config.n_groups) if listed else {}
+        for key in keys:
+            if key not in EXPOSURE_KEYS:
+                k = int(key.split("@")[1])
+                diffs[key] = paired_difference(per_row_gains(r.ranked, targets, k)[key],
+                                               per_row_gains(base.ranked, targets, k)[key], resamples, seed)
         row = {}
         for key in keys:
-            d = paired_difference(gains[name][key], gains[baseline][key], resamples, seed)
+            d = diffs[key]
             row |= {f"d_{key}": d["diff"], f"d_{key}_lo": d["lo"], f"d_{key}_hi": d["hi"], f"p_{key}": d["p"]}
         out[name] = row
     return out
