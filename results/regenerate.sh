@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Rerun every command whose record feeds a table of results/README.md, then render the tables.
-# About 14 hours on a 2-core CPU (the SmolLM2 RQ1 table an hour, its seeds and the 1,439-title seeds half an hour each and the 1,439-title 600-step rows 20 minutes, the two SmolLM2 RQ3 tables an hour and a half each, the full SmolLM2 Movies & TV and MovieLens tables two each, the longer MovieLens SFT runs 50 minutes), one command at a time (set FLOWER_LITE_LOCK to a lock file to wait for it).
+# About 13 hours on a 2-core CPU, the sum of the records' wall times (the SmolLM2 RQ1 table an hour, its seeds and the 1,439-title seeds half an hour each and the 1,439-title 600-step rows 20 minutes, the two SmolLM2 RQ3 tables an hour and a half each and the RL baseline's an hour and a quarter, the full SmolLM2 Movies & TV and MovieLens tables two each, the longer MovieLens SFT runs 50 minutes), one command at a time (set FLOWER_LITE_LOCK to a lock file to wait for it).
 #   bash results/regenerate.sh            # everything
 #   bash results/regenerate.sh "rq2_quick*"  # only the records whose name matches the pattern
 set -euo pipefail
@@ -54,6 +54,9 @@ run rq3_tiny "$PY" results/rq3_table.py --data default --train-rows 1200 --valid
 run rq3_smollm2_movies "$PY" results/rq3_table.py --model smollm2 --data Movies_and_TV --train-rows 5000 --valid-rows 200 \
     --test-rows 400 --steps 300 --objectives db --align-rows 1000 --align-lr 3e-4 --aligners S-DPO "DMPO (as coded)" RosePO \
     --out $R/rq3_smollm2_movies.json
+run rq3_smollm2_movies_rloo "$PY" results/rq3_table.py --model smollm2 --data Movies_and_TV --train-rows 5000 \
+    --valid-rows 200 --test-rows 400 --steps 300 --objectives db --align-rows 1000 --align-lr 3e-4 --aligners RLOO \
+    --out $R/rq3_smollm2_movies_rloo.json
 run rq3_smollm2_movielens "$PY" results/rq3_table.py --model smollm2 --data movielens --train-rows 5000 --valid-rows 200 \
     --test-rows 400 --steps 300 --objectives db --align-rows 1000 --align-lr 3e-4 --aligners S-DPO "DMPO (as coded)" RosePO \
     --out $R/rq3_smollm2_movielens.json
