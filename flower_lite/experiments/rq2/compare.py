@@ -107,17 +107,16 @@ def paired_to(results: dict[str, MethodResult], setup: RecSetup, baseline: str =
     targets = setup.data.test.target
     base = results[baseline]
     listed = [k for k in keys if k in EXPOSURE_KEYS]
+    gains = lambda ranked, key: per_row_gains(ranked, targets, int(key.split("@")[1]))[key]  # noqa: E731
+    base_gains = {key: gains(base.ranked, key) for key in keys if key not in EXPOSURE_KEYS}
     out = {}
     for name, r in results.items():
         if name == baseline:
             continue
         diffs = paired_exposure_difference(r.ranked, base.ranked, setup.counts, listed, resamples, seed,
                                            n_groups=setup.config.n_groups) if listed else {}
-        for key in keys:
-            if key not in EXPOSURE_KEYS:
-                k = int(key.split("@")[1])
-                diffs[key] = paired_difference(per_row_gains(r.ranked, targets, k)[key],
-                                               per_row_gains(base.ranked, targets, k)[key], resamples, seed)
+        for key, b in base_gains.items():
+            diffs[key] = paired_difference(gains(r.ranked, key), b, resamples, seed)
         row = {}
         for key in keys:
             d = diffs[key]
