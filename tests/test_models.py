@@ -21,6 +21,7 @@ from flower_lite.models import (
     make_tiny_model,
     qwen2_5_0_5b_config,
     random_qwen2_5_0_5b,
+    smollm2_checkpoint,
 )
 from flower_lite.prompts import (
     build_prompt,
@@ -298,9 +299,43 @@ def test_gradients_flow_through_teacher_forcing(tiny):
 
 # ---------------------------------------------------------------------------- SmolLM2 (GGUF)
 
-@pytest.mark.slow  # about 20 s: transformers parses the GGUF metadata three times
+def test_smollm2_checkpoint_is_written_once_and_keyed_by_the_gguf_bytes(tmp_path, monkeypatch):
+    # the de-quantisation replaced by a tiny model: what is tested is the folder's key, reuse and atomic write
+    from flower_lite import models
+
+    calls = []
+
+    def fake_gguf(path, **kwargs):
+        calls.append(path)
+        return make_tiny_model(["a b", "c d"], hidden_size=16, seed=0)
+
+    monkeypatch.setattr(models, "_load_smollm2_gguf", fake_gguf)
+    first, second = tmp_path / "one.gguf", tmp_path / "two.gguf"
+    first.write_bytes(b"GGUF" + bytes(1000))
+    second.write_bytes(b"GGUF" + bytes(999) + b"x")
+    folder = smollm2_checkpoint(first, tmp_path / "cache")
+    assert (folder / "config.json").is_file() and len(calls) == 1
+    assert smollm2_checkpoint(first, tmp_path / "cache") == folder and len(calls) == 1  # read, not converted again
+    other = smollm2_checkpoint(second, tmp_path / "cache")
+    assert other != folder and len(calls) == 2  # one changed byte: another folder
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == sorted([folder.name, other.name])  # no .tmp left
+    model, _ = load_causal_lm(str(folder))
+    want, _ = fake_gguf(first)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), want.state_dict().values()))
+
+
+@pytest.mark.slow  # about 20 to 35 s: transformers parses the GGUF metadata three times
 def test_smollm2_gguf_loads_and_generates(smollm2):  # the fixture skips without the wheel (fails under CI=true)
-    model, tok = load_smollm2()
+    model, tok = load_smollm2(cache=False)  # from the GGUF itself
+    cached, cached_tok = load_smollm2()  # from the de-quantised folder (written by this call if absent)
+    where = {"_name_or_path": "", "architectures": ""}  # where it was read from, and the class save_pretrained names
+    assert cached.config.to_dict() | where == model.config.to_dict() | where
+    want, got = model.state_dict(), cached.state_dict()
+    assert list(want) == list(got) and all(torch.equal(want[k], got[k]) for k in want)  # the same weights, bit for bit
+    texts = ["### Response:\nThe Drift of Nowhere\n", "Amélie (2001), 千と千尋の神隠し<|im_end|>"]
+    assert [tok(t).input_ids for t in texts] == [cached_tok(t).input_ids for t in texts]
+    assert (cached_tok.padding_side, cached_tok.pad_token) == (tok.padding_side, tok.pad_token)
+    del cached
     assert smollm2.suffix == ".gguf" and model.dtype == torch.float32
     assert count_parameters(model) == 134_515_008
     assert tok.padding_side == "left" and tok.pad_token is not None
