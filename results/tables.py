@@ -92,10 +92,16 @@ def paired(row: dict, key: str) -> str:
 PAIRED_COLUMNS = (("HR@10", "hit@10"), ("NDCG@10", "ndcg@10"), ("DGU", "dgu"), ("tail share", "tail_share"))
 
 
+def paired_keys(r: dict) -> list[tuple[str, str]]:
+    """The (header, key) pairs of :data:`PAIRED_COLUMNS` that some row of record ``r`` carries as ``d_<key>`` (records
+    before the exposure intervals have HR@10 and NDCG@10 only)."""
+    return [(c, k) for c, k in PAIRED_COLUMNS if any(f"d_{k}" in x for x in r["rows"])] or list(PAIRED_COLUMNS[:2])
+
+
 def paired_columns(r: dict, against: str) -> tuple[list[str], list[list[str]]]:
     """The headers and, per row of record ``r``, the cells of its paired differences (:func:`paired`) in every key of
-    :data:`PAIRED_COLUMNS` that some row carries (records before the exposure intervals have HR@10 and NDCG@10)."""
-    keys = [(c, k) for c, k in PAIRED_COLUMNS if any(f"d_{k}" in x for x in r["rows"])] or list(PAIRED_COLUMNS[:2])
+    :func:`paired_keys`."""
+    keys = paired_keys(r)
     return [f"Δ{c} vs {against} [95%], p" for c, _ in keys], [[paired(x, k) for _, k in keys] for x in r["rows"]]
 
 
@@ -202,11 +208,12 @@ SEED_COLUMNS = (("HR@10", "hit@10"), ("NDCG@10", "ndcg@10"), ("DGU", "dgu"), ("M
 
 def rq2_seed_table(name: str) -> str:
     """Means over seeds with their 95% t-intervals, and the seed-averaged difference to BIGRec (SFT) in HR@10 and
-    NDCG@10 with the t-interval of its spread over seeds."""
+    NDCG@10 (and DGU, tail share, where the record has them) with the t-interval of its spread over seeds."""
     r = read(name)
-    rows = [[x["method"], *(interval(x, k) for _, k in SEED_COLUMNS), interval(x, "d_hit@10", signed=True),
-             interval(x, "d_ndcg@10", signed=True)] for x in r["rows"]]
-    header = ["method", *(c for c, _ in SEED_COLUMNS), "ΔHR@10 vs SFT", "ΔNDCG@10 vs SFT"]
+    keys = paired_keys(r)
+    rows = [[x["method"], *(interval(x, k) for _, k in SEED_COLUMNS), *(interval(x, f"d_{k}", signed=True) for _, k in keys)]
+            for x in r["rows"]]
+    header = ["method", *(c for c, _ in SEED_COLUMNS), *(f"Δ{c} vs SFT" for c, _ in keys)]
     return commands(r) + "\n" + markdown(header, rows) + "\n" + when(r)
 
 
@@ -260,13 +267,13 @@ ABLATIONS = ("rq2_theta_0.99", "rq2_add_log_s", "rq2_catalog", "rq2_mixed", "rq2
              "rq2_catalog_0.998", "rq2_catalog_0.999", "rq2_pop_alpha_0.5", "rq2_pop_alpha_0.5_mixed")
 SFT_STEPS = ("rq2_smollm2_movielens_sft900", "rq2_smollm2_movielens_sft1800")
 TABLES: dict[str, Table] = {
-    "rq2-default": Table(["rq2_default"], lambda: rq2_table("rq2_default")),
+    "rq2-default": Table(["rq2_default"], lambda: rq2_paired_table("rq2_default")),
     "rq2-default-seeds": Table(["rq2_default_seeds"], lambda: rq2_seed_table("rq2_default_seeds")),
     "rq2-ablations": Table(["rq2_default", *ABLATIONS], lambda: rq2_ablation("rq2_default", *ABLATIONS)),
     "rq2-seeds": Table([f"rq2_quick_seed{s}" for s in range(4)], lambda: rq2_seeds(*(f"rq2_quick_seed{s}" for s in range(4)))),
     "rq2-target-fit": Table(["target_fit_seeds"], lambda: target_fit("target_fit_seeds")),
     "rq2-target-fit-warm": Table(["target_fit_warm_seeds"], lambda: target_fit("target_fit_warm_seeds")),
-    "rq2-movies": Table(["rq2_movies"], lambda: rq2_table("rq2_movies")),
+    "rq2-movies": Table(["rq2_movies"], lambda: rq2_paired_table("rq2_movies")),
     "rq2-check": Table(["rq2_check"], lambda: rq2_table("rq2_check")),
     "rq2-smollm2-movies": Table(["rq2_smollm2_movies"], lambda: rq2_paired_table("rq2_smollm2_movies")),
     "rq2-smollm2-movielens": Table(["rq2_smollm2_movielens"], lambda: rq2_paired_table("rq2_smollm2_movielens")),

@@ -87,6 +87,10 @@ def test_compare_over_seeds_reports_means_and_intervals(tmp_path, capsys):
         values = [next(r for r in per_seed[s] if r["method"] == row["method"])["hit@10"] for s in ("0", "1")]
         assert row["seeds"] == 2 and abs(row["hit@10"] - sum(values) / 2) < 1e-4
         assert row["hit@10_lo"] <= row["hit@10"] <= row["hit@10_hi"]
+    pop = next(r for r in record["rows"] if r["method"] == "popularity")
+    d_dgu = [next(r for r in per_seed[s] if r["method"] == "popularity")["d_dgu"] for s in ("0", "1")]
+    assert abs(pop["d_dgu"] - sum(d_dgu) / 2) < 1e-4 and pop["d_dgu_lo"] <= pop["d_dgu"] <= pop["d_dgu_hi"]
+    assert "d_tail_share" in pop
     assert main(["compare", "--seeds", "3", "3"]) == 2
     assert "at least 2 different seeds" in capsys.readouterr().err
     assert main(["compare", "--seeds", "0", "1", "--objectives", "db:0.9,0.99"]) == 2

@@ -167,5 +167,7 @@ def rq2_table(run: RQ2Run | None = None, train: TrainConfig | None = None, rewar
     return results_table(results.values(), ks=(1, 5, 10), paired=paired), results
 
 
-SEED_KEYS = ("hit@5", "hit@10", "ndcg@5", "ndcg@10", "dgu", "mgu", "coverage", "gini", "tail_share", "d_hit@10", "d_ndcg@10")
-"""The columns :func:`~flower_lite.metrics.seed_summary` aggregates (the paired differences to BIGRec (SFT) included)."""
+SEED_KEYS = ("hit@5", "hit@10", "ndcg@5", "ndcg@10", "dgu", "mgu", "coverage", "gini", "tail_share",
+             *(f"d_{k}" for k in PAIRED_KEYS))
+"""The columns :func:`~flower_lite.metrics.seed_summary` aggregates (the paired differences to BIGRec (SFT) included:
+accuracy and exposure, :data:`PAIRED_KEYS`)."""
