@@ -11,11 +11,17 @@ from flower_lite.row_trunk import RowTrunkPolicy
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("smollm2", "movielens")]
 
-RUN = dict(model="smollm2", data="movielens", train_rows=48, valid_rows=8, test_rows=6, threads=1)
+RUN = dict(model="smollm2", data="movielens", train_rows=48, valid_rows=8, test_rows=6)
 
 
-def test_smollm2_rq2_table_on_a_few_rows(tmp_path):
-    run = RQ2Run(**RUN, cache_dir=str(tmp_path))
+@pytest.fixture(scope="module")
+def states_dir(tmp_path_factory):
+    """One folder of stored states for the SmolLM2 tests of this module: the second finds the first's states."""
+    return tmp_path_factory.mktemp("row_states")
+
+
+def test_smollm2_rq2_table_on_a_few_rows(states_dir):
+    run = RQ2Run(**RUN, cache_dir=str(states_dir))
     rows, results = rq2_table(run, run_config(run, steps=4, eval_every=2), progress=False,
                               methods=["popularity", "BIGRec (SFT)", "D3"], objectives=[Objective("distill")])
     by = {r["method"]: r for r in rows}
@@ -32,11 +38,11 @@ def test_smollm2_rq2_table_on_a_few_rows(tmp_path):
             assert math.isclose(d[f"d_{key}"], by[name][key] - by["BIGRec (SFT)"][key], abs_tol=2e-4), (name, key)
         assert d["d_dgu_lo"] <= d["d_dgu_hi"] and 0 < d["p_dgu"] <= 1
     # one folder of stored states serves every method
-    assert len([p for p in tmp_path.iterdir() if p.is_dir()]) == 1
+    assert len([p for p in states_dir.iterdir() if p.is_dir()]) == 1
 
 
-def test_every_method_trains_from_the_same_initial_weights_on_shared_states(tmp_path):
-    run = RQ2Run(**RUN, cache_dir=str(tmp_path))
+def test_every_method_trains_from_the_same_initial_weights_on_shared_states(states_dir):
+    run = RQ2Run(**RUN, cache_dir=str(states_dir))
     setup, new_policy, _ = run_setup(run)
     a, b = new_policy(), new_policy()
     assert isinstance(a, RowTrunkPolicy) and a.states is b.states and a.module is not b.module
