@@ -21,13 +21,12 @@ import sys
 import time
 from dataclasses import replace
 
-import torch
-
 from flower_lite.config import Objective, TrainConfig
 from flower_lite.experiments import rq2
 from flower_lite.experiments.records import command_line, write_record
 from flower_lite.metrics import seed_summary
 from flower_lite.sasrec import SASRecConfig
+from flower_lite.threads import num_threads
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,7 +49,12 @@ def main() -> None:
     args = build_parser().parse_args()
     if args.seeds is not None and len(set(args.seeds)) < 2:
         raise SystemExit(f"--seeds needs at least 2 different seeds for an interval, got {args.seeds}")
-    torch.set_num_threads(1)
+    with num_threads(1):  # the record states it; restored afterwards for a caller in the same process
+        run(args)
+
+
+def run(args: argparse.Namespace) -> None:
+    """Every seed's comparison, printed, and the record of ``--out``."""
     t0 = time.perf_counter()
     tables = [fit_rows(args, seed) for seed in args.seeds or [args.seed]]
     print(f"{time.perf_counter() - t0:.0f} s")

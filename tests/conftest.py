@@ -24,6 +24,20 @@ def results_script():
     return load
 
 
+@pytest.fixture(autouse=True)
+def torch_threads_restored():
+    """Every test leaves torch's thread count as it found it: a script's ``main()`` or a helper that sets it and
+    forgets would slow down, or change the numbers of, every test after it in the same process."""
+    import torch
+
+    before = torch.get_num_threads()
+    yield
+    after = torch.get_num_threads()
+    if after != before:
+        torch.set_num_threads(before)
+        pytest.fail(f"torch's thread count changed from {before} to {after}: set it with flower_lite.threads.num_threads")
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Tiny tensors gain nothing from threads, and two OpenMP threads on a busy 2-core machine spin-wait

@@ -115,7 +115,8 @@ def test_the_pipeline_check_table_is_reproduced_by_its_command(tmp_path):
 def test_target_fit_script_over_seeds_records_each_seed_and_their_mean(tmp_path, monkeypatch, results_script):
     """``results/target_fit.py --seeds``: the comparison once per seed (the seed reaches the set-up and the training),
     every seed's rows kept, and each run's mean with its 95% t-interval; fewer than 2 distinct seeds are refused.
-    The comparison itself is a stand-in whose KL is the seed plus a per-run offset."""
+    The script runs on one torch thread, which its record states, and gives the caller's setting back (the
+    conftest's check). The comparison itself is a stand-in whose KL is the seed plus a per-run offset."""
     module = results_script("target_fit.py")
     seeds_seen = []
 
@@ -135,6 +136,7 @@ def test_target_fit_script_over_seeds_records_each_seed_and_their_mean(tmp_path,
     module.main()
     record = json.loads(out.read_text(encoding="utf-8"))
     assert seeds_seen == [(0, 0), (1, 1), (2, 2)] and list(record["per_seed"]) == ["0", "1", "2"]
+    assert record["environment"]["torch_threads"] == 1
     for i, row in enumerate(record["rows"]):
         assert row["run"] == record["per_seed"]["0"][i]["run"] and row["seeds"] == 3
         assert row["kl"] == pytest.approx(1 + i) and row["kl_reverse"] == pytest.approx(2 + i)
